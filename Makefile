@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo up down test lint format clean
+.PHONY: help venv demo up test lint format clean helm helm-lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,6 +18,12 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(STAMP)  ## create the virtualenv with pinned dependencies
 
+demo: venv  ## run the whole pipeline through a local Airflow (LocalExecutor) and print a summary
+	PYTHONPATH=plugins $(PY) -m fanout.demo run
+
+up: venv  ## keep a local Airflow running, web UI on http://127.0.0.1:8080 (Ctrl-C stops it)
+	PYTHONPATH=plugins $(PY) -m fanout.demo up
+
 test: venv lint  ## run every test (unit, DAG integrity, end-to-end)
 	$(PY) -m pytest
 
@@ -28,6 +34,12 @@ lint: venv  ## ruff (including Airflow's AIR rules)
 format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+helm: venv  ## install the pinned helm binary into .tools/bin (helm/get-helm.sh)
+	@helm/get-helm.sh
+
+helm-lint: venv  ## lint and render helm/fanout (helm lint --strict) and the other packaging checks
+	$(PY) -m pytest tests/packaging -q
 
 clean:  ## remove local Airflow state and artifacts (keeps the virtualenv)
 	rm -rf .airflow artifacts
