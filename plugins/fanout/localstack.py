@@ -123,6 +123,8 @@ class AirflowStack:
                 p for p in (str(PROJECT_ROOT / "plugins"), os.environ.get("PYTHONPATH", "")) if p
             ),
         }
+        # No GPU on the embedded default: GPU-sized tasks run on the CPU, one per executor slot.
+        env.setdefault("FANOUT_GPU_AIRFLOW_POOL_SLOTS", str(self.parallelism))
         if self.database_uri:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_uri
         env.update(self.extra_env)
@@ -216,6 +218,16 @@ class AirflowStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _log_line(line: Any) -> str:
+    """One structured log record as the UI shows it: the event, then any exception it carries."""
+    if not isinstance(line, dict):
+        return str(line)
+    text = str(line.get("event", ""))
+    for error in line.get("error_detail") or []:
+        text += f"\n{error.get('exc_type')}: {error.get('exc_value')}"
+    return text
 
 
 class AirflowClient:
@@ -319,11 +331,9 @@ class AirflowClient:
             full_content=True,
         )
         content = answer.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(
-                line.get("event", "") if isinstance(line, dict) else str(line) for line in content
-            )
-        return str(content)
+        if not isinstance(content, list):
+            return str(content)
+        return "\n".join(_log_line(line) for line in content)
 
     def wait_run(
         self,

@@ -1,0 +1,112 @@
+"""What the three DAG files share: defaults, tags, assets, params and fail-fast handling.
+
+Imported at DAG parse time, so it stays light: only ``airflow.sdk`` and the standard library
+at module level. Workload modules (pandas, dask, torch) are imported inside task bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Generator
+from contextlib import contextmanager
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from airflow.sdk import Asset, Param, get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+OWNER = "fanout"
+
+
+class Tag(StrEnum):
+    """DAG tags, defined once so the UI's filters stay consistent."""
+
+    FANOUT = "fanout"
+    PREPROCESSING = "preprocessing"
+    TRAINING = "training"
+    RENDERING = "rendering"
+    DASK = "dask"
+    PYTORCH = "pytorch"
+    GPU = "gpu"
+
+
+# The pipeline's hand-offs. Each producer attaches the relative path of what it wrote to the
+# asset event's ``extra``; the consumer DAG is scheduled on the asset and reads it from there.
+FEATURES = Asset(name="fanout_features", uri="fanout://features")
+MODEL = Asset(name="fanout_model", uri="fanout://model")
+VIDEO = Asset(name="fanout_video", uri="fanout://video")
+
+
+def default_args() -> dict[str, Any]:
+    """Every task retries with exponential backoff: pods get preempted, nodes drain."""
+    delay = float(os.environ.get("FANOUT_RETRY_DELAY_SECONDS", "20"))
+    return {
+        "owner": OWNER,
+        "retries": int(os.environ.get("FANOUT_RETRIES", "2")),
+        "retry_delay": timedelta(seconds=delay),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+    }
+
+
+def _param_overrides(dag_id: str) -> dict[str, Any]:
+    """Deployment-wide default overrides: FANOUT_PARAMS='{"fanout_train": {"epochs": 2}}'.
+
+    Asset-triggered runs take their DAG's defaults, so this is how a deployment (or a test
+    stack) sizes the whole pipeline without editing DAG files.
+    """
+    raw = os.environ.get("FANOUT_PARAMS", "")
+    if not raw:
+        return {}
+    try:
+        overrides = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"FANOUT_PARAMS is not valid JSON: {err}") from None
+    return overrides.get(dag_id, {})
+
+
+def params(dag_id: str, **specs: Param) -> dict[str, Param]:
+    """The DAG's typed params, with defaults overridden from FANOUT_PARAMS where set."""
+    overrides = _param_overrides(dag_id)
+    unknown = set(overrides) - set(specs)
+    if unknown:
+        raise ValueError(f"FANOUT_PARAMS[{dag_id!r}] names unknown params: {sorted(unknown)}")
+    for name, value in overrides.items():
+        old = specs[name]
+        specs[name] = Param(value, description=old.description, **old.schema)
+    return specs
+
+
+@contextmanager
+def fail_fast() -> Generator[None, None, None]:
+    """Turn a workload's BadInputError into a failure that is not retried."""
+    from fanout.errors import BadInputError
+
+    try:
+        yield
+    except BadInputError as err:
+        raise AirflowFailException(f"bad input: {err}") from err
+
+
+def run_prefix(kind: str) -> str:
+    """Where this DAG run's artifacts live: ``<kind>/<run id>`` under the artifact root."""
+    from fanout.storage import safe_key
+
+    return f"{kind}/{safe_key(get_current_context()['run_id'])}"
+
+
+def publish(asset: Asset, **extra: Any) -> None:
+    """Attach ``extra`` (paths of what was produced) to the asset event this task emits."""
+    get_current_context()["outlet_events"][asset].extra = extra
+
+
+def triggering_extra(asset: Asset, key: str) -> Any | None:
+    """``key`` from the newest event of ``asset`` that triggered this run, if any."""
+    events = get_current_context().get("triggering_asset_events") or {}
+    for event in reversed(list(events.get(asset, []))):
+        value = (event.extra or {}).get(key)
+        if value:
+            return value
+    return None

@@ -1,0 +1,222 @@
+"""``make demo`` and ``make up``: the whole pipeline through the real scheduler on one machine.
+
+python -m fanout.demo run   # start Airflow, trigger preprocessing, follow the asset-triggered
+                            # training and rendering runs, stop Airflow, print a summary
+python -m fanout.demo up    # keep Airflow running with the web UI on :8080 until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fanout.localstack import PROJECT_ROOT, AirflowClient, AirflowStack
+
+PIPELINE = ("fanout_preprocess", "fanout_train", "fanout_render")
+
+
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+@dataclass
+class RunReport:
+    dag_id: str
+    run_id: str
+    state: str
+    wall_s: float
+    task_sum_s: float
+    tasks: int
+    mapped: dict[str, int]
+    outputs: dict
+
+    @property
+    def parallelism(self) -> float:
+        return self.task_sum_s / self.wall_s if self.wall_s else 0.0
+
+
+def summarise_run(client: AirflowClient, dag_id: str, run_id: str) -> RunReport:
+    """Wall time, summed task time and achieved parallelism of one finished run."""
+    run = client.dag_run(dag_id, run_id)
+    tis = client.task_instances(dag_id, run_id)
+    durations = [
+        _ts(ti["end_date"]) - _ts(ti["start_date"]) for ti in tis if ti["start_date"] and ti["end_date"]
+    ]
+    mapped: dict[str, int] = {}
+    for ti in tis:
+        if ti["map_index"] >= 0:
+            mapped[ti["task_id"]] = mapped.get(ti["task_id"], 0) + 1
+    wall = (_ts(run["end_date"]) or time.time()) - (_ts(run["start_date"]) or time.time())
+    return RunReport(dag_id, run_id, run["state"], wall, sum(durations), len(tis), mapped, {})
+
+
+class Progress:
+    """Prints a line whenever a run's task counts change: task done/total, running, failed."""
+
+    def __init__(self, dag_id: str, out=sys.stdout):
+        self.dag_id, self.out, self.last = dag_id, out, ""
+
+    def __call__(self, run: dict, tis: list[dict]) -> None:
+        by_task: dict[str, list[str]] = {}
+        for ti in tis:
+            by_task.setdefault(ti["task_id"], []).append(ti["state"] or "none")
+        parts = []
+        for task_id, states in by_task.items():
+            done = states.count("success")
+            extra = [f"{states.count(s)} {s}" for s in ("running", "up_for_retry", "failed") if s in states]
+            parts.append(f"{task_id} {done}/{len(states)}" + (f" ({', '.join(extra)})" if extra else ""))
+        line = f"  [{self.dag_id}] {run['state']:<8} " + " | ".join(parts)
+        if line != self.last:
+            self.out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            self.out.flush()
+            self.last = line
+
+
+def run_pipeline(client: AirflowClient, conf: dict | None = None, timeout: float = 1800) -> list[RunReport]:
+    """Trigger preprocessing and follow the runs its assets trigger, to the video."""
+    for dag_id in PIPELINE:
+        client.unpause(dag_id)
+    started = datetime.now(UTC).isoformat()
+    reports = []
+    run_id = client.trigger(PIPELINE[0], conf or {})
+    for index, dag_id in enumerate(PIPELINE):
+        if index:
+            run_id = client.wait_triggered_run(dag_id, after=started, timeout=300)
+        print(f"{time.strftime('%H:%M:%S')} {dag_id}: run {run_id}", flush=True)
+        run = client.wait_run(dag_id, run_id, timeout=timeout, on_poll=Progress(dag_id), interval=2)
+        reports.append(summarise_run(client, dag_id, run_id))
+        if run["state"] != "success":
+            break
+    return reports
+
+
+def print_summary(reports: list[RunReport], total_wall: float, artifact_root: str) -> dict:
+    print("\nfanout demo summary")
+    print(f"{'DAG':<20}{'state':<9}{'wall s':>8}{'task s':>9}{'parallel':>10}  mapped tasks")
+    for r in reports:
+        mapped = ", ".join(f"{k} x{v}" for k, v in r.mapped.items())
+        print(
+            f"{r.dag_id:<20}{r.state:<9}{r.wall_s:>8.1f}{r.task_sum_s:>9.1f}{r.parallelism:>9.2f}x  {mapped}"
+        )
+    task_sum = sum(r.task_sum_s for r in reports)
+    print(f"{'pipeline':<20}{'':<9}{total_wall:>8.1f}{task_sum:>9.1f}{task_sum / total_wall:>9.2f}x")
+    outputs = locate_outputs(reports, artifact_root)
+    print("\noutputs:")
+    for name, path in outputs.items():
+        print(f"  {name:<15} {path}")
+    return {
+        "total_wall_s": round(total_wall, 1),
+        "runs": [
+            {
+                "dag_id": r.dag_id,
+                "run_id": r.run_id,
+                "state": r.state,
+                "wall_s": round(r.wall_s, 1),
+                "task_sum_s": round(r.task_sum_s, 1),
+                "parallelism": round(r.parallelism, 2),
+                "mapped": r.mapped,
+            }
+            for r in reports
+        ],
+        "outputs": outputs,
+    }
+
+
+def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, str]:
+    from fanout.storage import safe_key
+
+    runs = {r.dag_id: safe_key(r.run_id) for r in reports if r.state == "success"}
+    candidates = {
+        "features": ("fanout_preprocess", "preprocess/{run}/merged/manifest.json"),
+        "model": ("fanout_train", "train/{run}/best/model.pt"),
+        "metrics": ("fanout_train", "train/{run}/best/metrics.json"),
+        "loss curves": ("fanout_train", "train/{run}/best/loss_curves.png"),
+        "video": ("fanout_render", "render/{run}/video/render.mp4"),
+        "contact sheet": ("fanout_render", "render/{run}/video/contact_sheet.png"),
+    }
+    return {
+        name: f"{artifact_root}/{rel.format(run=runs[dag_id])}"
+        for name, (dag_id, rel) in candidates.items()
+        if dag_id in runs
+    }
+
+
+def make_stack(home: Path, port: int = 0) -> AirflowStack:
+    return AirflowStack(home=home, port=port)
+
+
+def prepare(client: AirflowClient, stack: AirflowStack) -> None:
+    """Create the GPU Airflow pool with the stack's settings, then wait for the DAGs."""
+    from fanout import pools
+
+    name, slots = pools.gpu_airflow_pool(stack.env())
+    client.set_pool(name, slots, "GPU-sized tasks: trials and render chunks")
+    client.wait_for_dags(list(PIPELINE))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fanout.config import settings
+
+    artifact_root = settings().artifact_root
+    print(f"fanout demo: Airflow home {args.home}, artifacts in {artifact_root}", flush=True)
+    started = time.monotonic()
+    stack = make_stack(Path(args.home))
+    client = stack.start()
+    print(f"Airflow is up at {stack.base_url} after {time.monotonic() - started:.1f}s", flush=True)
+    try:
+        prepare(client, stack)
+        t0 = time.monotonic()
+        reports = run_pipeline(client, json.loads(args.conf) if args.conf else None)
+        summary = print_summary(reports, time.monotonic() - t0, artifact_root)
+    finally:
+        stack.stop()
+    summary_path = Path(args.home) / "demo-summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nsummary JSON: {summary_path}; whole demo {time.monotonic() - started:.0f}s")
+    ok = len(reports) == len(PIPELINE) and all(r.state == "success" for r in reports)
+    return 0 if ok else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = make_stack(Path(args.home), port=args.port)
+    client = stack.start()
+    prepare(client, stack)
+    print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
+    print(f"Logs: {stack.home}/logs. Ctrl-C stops every component.", flush=True)
+    try:
+        while True:
+            time.sleep(5)
+            stack.check_alive()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fanout.demo", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--home",
+        default=os.environ.get("AIRFLOW_HOME") or str(PROJECT_ROOT / ".airflow"),
+        help="AIRFLOW_HOME",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline once and print a summary")
+    run.add_argument("--conf", help="JSON conf for the preprocessing run, e.g. '{\"n_shards\": 8}'")
+    run.set_defaults(func=cmd_run)
+    up = sub.add_parser("up", help="keep Airflow running with its web UI")
+    up.add_argument("--port", type=int, default=8080)
+    up.set_defaults(func=cmd_up)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Session-wide test setup.
+
+Airflow reads its configuration when first imported, so the environment for parsing DAGs is
+set here, before any test module imports Airflow: a private AIRFLOW_HOME, no example DAGs,
+and both executors listed (tasks may name the KubernetesExecutor; parsing fails unless it
+is configured).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = PROJECT_ROOT / "dags"
+
+_home = tempfile.mkdtemp(prefix="fanout-test-airflow-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _home,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor,KubernetesExecutor",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    """Every DAG in dags/, parsed once per session."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_FOLDER))

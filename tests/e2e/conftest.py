@@ -1,0 +1,58 @@
+"""A real Airflow (api-server, scheduler, dag-processor; LocalExecutor; SQLite) for the session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fanout.localstack import AirflowStack
+
+# The pipeline at test scale: big enough to fan out, small enough for 2 cores in CI.
+SMALL_PARAMS = {
+    "fanout_preprocess": {"n_shards": 3, "rows_per_shard": 20_000},
+    "fanout_train": {"n_trials": 2, "epochs": 3, "max_rows": 20_000},
+    "fanout_render": {"n_frames": 12, "chunk_size": 4, "width": 64, "height": 36, "samples": 1, "fps": 12},
+}
+
+
+@pytest.fixture(scope="session")
+def artifact_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def airflow(tmp_path_factory, artifact_root):
+    """A running stack and its REST client; every component is stopped at the end."""
+    stack = AirflowStack(
+        home=tmp_path_factory.mktemp("airflow-home"),
+        parallelism=2,
+        extra_env={
+            "FANOUT_ARTIFACT_ROOT": str(artifact_root),
+            "FANOUT_PARAMS": json.dumps(SMALL_PARAMS),
+            "FANOUT_RETRY_DELAY_SECONDS": "1",
+            "FANOUT_DEVICE": "cpu",
+        },
+    )
+    client = stack.start()
+    try:
+        from fanout.demo import prepare
+
+        prepare(client, stack)
+        yield stack, client
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def store(artifact_root):
+    from fanout.storage import ArtifactStore
+
+    return ArtifactStore(str(artifact_root))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(item.fspath).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.e2e)

@@ -1,0 +1,188 @@
+"""The pipeline through the real scheduler (LocalExecutor): one trigger runs all three DAGs.
+
+Tests share one Airflow stack (see conftest.py) and run in file order: the whole pipeline
+first, then faults and bad input against the artifacts it left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from fanout.demo import PIPELINE, run_pipeline
+from fanout.localstack import AirflowError
+from fanout.storage import safe_key
+from tests.e2e.conftest import SMALL_PARAMS
+
+
+def _states(client, dag_id, run_id):
+    return {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances(dag_id, run_id)}
+
+
+@pytest.fixture(scope="module")
+def pipeline(airflow):
+    """The three runs of one pipeline trigger: {dag_id: run_id}."""
+    _, client = airflow
+    reports = run_pipeline(client, timeout=600)
+    assert [(r.dag_id, r.state) for r in reports] == [(d, "success") for d in PIPELINE]
+    return {r.dag_id: r.run_id for r in reports}
+
+
+def test_every_task_of_every_dag_succeeded_with_the_expected_fan_out(airflow, pipeline):
+    _, client = airflow
+    expected_mapped = {
+        "fanout_preprocess": ("featurise_shard", SMALL_PARAMS["fanout_preprocess"]["n_shards"]),
+        "fanout_train": ("train_trial", SMALL_PARAMS["fanout_train"]["n_trials"]),
+        "fanout_render": ("render_chunk", 3),
+    }
+    for dag_id, run_id in pipeline.items():
+        tis = client.task_instances(dag_id, run_id)
+        assert {ti["state"] for ti in tis} == {"success"}, (dag_id, [(t["task_id"], t["state"]) for t in tis])
+        task_id, count = expected_mapped[dag_id]
+        assert sum(1 for ti in tis if ti["task_id"] == task_id and ti["map_index"] >= 0) == count
+
+
+def test_runs_are_chained_by_assets(airflow, pipeline):
+    _, client = airflow
+    assert client.dag_run("fanout_preprocess", pipeline["fanout_preprocess"])["run_type"] == "manual"
+    for dag_id in ("fanout_train", "fanout_render"):
+        assert client.dag_run(dag_id, pipeline[dag_id])["run_type"] == "asset_triggered"
+
+
+def test_features_manifest_accounts_for_every_row(store, pipeline):
+    params = SMALL_PARAMS["fanout_preprocess"]
+    merged = f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged"
+    assert store.verified(merged) is not None
+    manifest = store.read_json(f"{merged}/manifest.json")
+    assert len(manifest["shards"]) == params["n_shards"]
+    assert manifest["rows_in"] == params["n_shards"] * params["rows_per_shard"]
+    assert 0 < manifest["rows_out"] < manifest["rows_in"], "dirty rows were dropped"
+    assert manifest["rows_out"] == sum(s["rows_out"] for s in manifest["shards"])
+    for shard in manifest["shards"]:
+        assert store.sha256(shard["path"]) == shard["sha256"]
+
+
+def test_best_model_is_the_lowest_validation_error(store, pipeline):
+    best = f"train/{safe_key(pipeline['fanout_train'])}/best"
+    assert store.verified(best) is not None
+    trials_dir = f"train/{safe_key(pipeline['fanout_train'])}/trials"
+    trial_rmse = [store.verified(f"{trials_dir}/{name}")["val_rmse"] for name in store.listdir(trials_dir)]
+    assert len(trial_rmse) == SMALL_PARAMS["fanout_train"]["n_trials"]
+    assert store.verified(best)["val_rmse"] == min(trial_rmse)
+    for name in ("model.pt", "metrics.json", "loss_curves.png"):
+        assert store.exists(f"{best}/{name}")
+
+
+def test_video_has_every_frame(store, pipeline):
+    import imageio.v2 as imageio
+
+    video = f"render/{safe_key(pipeline['fanout_render'])}/video"
+    assert store.verified(video) is not None
+    with store.local_copy(f"{video}/render.mp4") as path, imageio.get_reader(path) as reader:
+        frames = [frame.shape for frame in reader]
+    params = SMALL_PARAMS["fanout_render"]
+    assert len(frames) == params["n_frames"]
+    assert frames[0][:2] == (params["height"], params["width"])
+
+
+def _process_of(ti_id: str) -> int | None:
+    """The pid of the task runner process of a task instance (its title names the TI id)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"airflow worker -- {ti_id}" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def test_sigkilled_mapped_task_is_retried_and_outputs_are_intact(airflow, store):
+    """Kill the process of a running render chunk; the retry must finish the run correctly."""
+    from fanout import render
+
+    _, client = airflow
+    conf = {"n_frames": 8, "chunk_size": 4, "width": 96, "height": 54, "samples": 6}
+    run_id = client.trigger("fanout_render", conf)
+    victim = ("render_chunk", 1)
+    deadline = time.monotonic() + 180
+    pid = None
+    while pid is None:
+        assert time.monotonic() < deadline, "the chunk never ran"
+        ti = _states(client, "fanout_render", run_id).get(victim)
+        if ti and ti["state"] == "running":
+            pid = _process_of(ti["id"])
+        elif ti and ti["state"] == "success":
+            pytest.fail("the chunk finished before it could be killed; make it heavier")
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+
+    run = client.wait_run("fanout_render", run_id, timeout=300)
+    assert run["state"] == "success"
+    ti = _states(client, "fanout_render", run_id)[victim]
+    assert ti["try_number"] == 2, "the killed try was retried once"
+
+    # The retried chunk is exactly what an undisturbed render of the same frames gives.
+    chunk_unit = f"render/{safe_key(run_id)}/chunks/chunk-0001"
+    retried = store.verified(chunk_unit)
+    assert retried is not None
+    reference_store = type(store)(str(Path(store.root_uri) / "reference"))
+    render.render_chunk(
+        reference_store,
+        "chunk",
+        start=4,
+        stop=8,
+        n_frames=8,
+        width=96,
+        height=54,
+        samples=6,
+        seed=3,
+        texture=None,
+        device="cpu",
+    )
+    assert reference_store.verified("chunk")["files"] == retried["files"]
+    assert not [n for n in store.listdir(chunk_unit) if n.endswith(".tmp") or ".tmp" in n]
+
+
+def test_bad_param_is_rejected_at_trigger_naming_it(airflow):
+    _, client = airflow
+    with pytest.raises(AirflowError, match="n_shards"):
+        client.trigger("fanout_preprocess", {"n_shards": 0})
+
+
+def test_corrupt_shard_fails_fast_and_keeps_earlier_outputs(airflow, store, pipeline):
+    _, client = airflow
+    merged = f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged"
+    before = store.verified(merged)
+    # A user dataset of one good shard (a copy of a generated one) and one truncated copy.
+    raw_root = _generated_dataset(store)
+    first = next(name for name in store.listdir(raw_root) if name.endswith(".parquet"))
+    raw = store.read_bytes(f"{raw_root}/{first}")
+    store.write_bytes("datasets/user-upload/part-0.parquet", raw)
+    store.write_bytes("datasets/user-upload/part-1.parquet", raw[: len(raw) // 2])
+
+    run_id = client.trigger("fanout_preprocess", {"dataset_prefix": "datasets/user-upload"})
+    run = client.wait_run("fanout_preprocess", run_id, timeout=300)
+    assert run["state"] == "failed"
+    tis = _states(client, "fanout_preprocess", run_id)
+    broken = tis["featurise_shard", 1]
+    assert broken["state"] == "failed"
+    assert broken["try_number"] == 1, "bad input must not spend retries"
+    log = client.task_log("fanout_preprocess", run_id, "featurise_shard", 1, map_index=1)
+    assert "part-1.parquet" in log
+    assert tis["featurise_shard", 0]["state"] == "success"
+    assert tis["merge_stats", -1]["state"] == "upstream_failed"
+    # What the earlier run wrote is untouched and still verifies.
+    assert store.verified(merged) == before
+
+
+def _generated_dataset(store) -> str:
+    root = "datasets/rides"
+    (name,) = store.listdir(root)
+    return f"{root}/{name}"
