@@ -23,7 +23,7 @@ DAG_ID = "fanout_preprocess"
     owner_links={OWNER: "https://github.com/fanout"},
     params=params(
         DAG_ID,
-        n_shards=Param(4, type="integer", minimum=1, maximum=512, description="Raw shards to generate"),
+        n_shards=Param(6, type="integer", minimum=1, maximum=512, description="Raw shards to generate"),
         rows_per_shard=Param(
             500_000, type="integer", minimum=1_000, maximum=50_000_000, description="Rows per raw shard"
         ),

@@ -35,11 +35,11 @@ DAG_ID = "fanout_render"
     owner_links={OWNER: "https://github.com/fanout"},
     params=params(
         DAG_ID,
-        n_frames=Param(48, type="integer", minimum=1, maximum=100_000, description="Frames in the video"),
+        n_frames=Param(72, type="integer", minimum=1, maximum=100_000, description="Frames in the video"),
         chunk_size=Param(8, type="integer", minimum=1, description="Frames per render task"),
-        width=Param(320, type="integer", minimum=16, maximum=7680, multipleOf=2, description="Frame width"),
-        height=Param(180, type="integer", minimum=16, maximum=4320, multipleOf=2, description="Frame height"),
-        samples=Param(4, type="integer", minimum=1, maximum=1024, description="Samples per pixel"),
+        width=Param(384, type="integer", minimum=16, maximum=7680, multipleOf=2, description="Frame width"),
+        height=Param(216, type="integer", minimum=16, maximum=4320, multipleOf=2, description="Frame height"),
+        samples=Param(6, type="integer", minimum=1, maximum=1024, description="Samples per pixel"),
         fps=Param(24, type="integer", minimum=1, maximum=120, description="Video frame rate"),
         seed=Param(3, type="integer", minimum=0, description="Seed of the scene"),
         model=Param(

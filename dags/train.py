@@ -35,7 +35,7 @@ DAG_ID = "fanout_train"
     owner_links={OWNER: "https://github.com/fanout"},
     params=params(
         DAG_ID,
-        n_trials=Param(4, type="integer", minimum=1, maximum=256, description="Hyper-parameter trials"),
+        n_trials=Param(6, type="integer", minimum=1, maximum=256, description="Hyper-parameter trials"),
         epochs=Param(6, type="integer", minimum=1, maximum=1000, description="Epochs per trial"),
         max_rows=Param(
             400_000, type="integer", minimum=1_000, description="Rows sampled from the features per trial"

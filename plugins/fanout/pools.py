@@ -265,7 +265,9 @@ def pod_override(size: str) -> k8s.V1Pod:
                     name="base",
                     image=image or None,
                     resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
-                    env=[k8s.V1EnvVar(name="FANOUT_DEVICE", value="cuda" if gpu else "cpu")],
+                    # GPU pods use CUDA when the node has it and fall back to the CPU otherwise;
+                    # CPU pods skip probing for CUDA.
+                    env=[k8s.V1EnvVar(name="FANOUT_DEVICE", value="auto" if gpu else "cpu")],
                     env_from=env_from or None,
                     volume_mounts=mounts or None,
                 )
