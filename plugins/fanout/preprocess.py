@@ -12,8 +12,19 @@ Flow (each step is one Airflow task in the DAG; nothing here imports Airflow):
 
 The transformation is written once, as a per-partition pandas function
 (``_label_partition``); ``clean_and_featurise`` applies it to a pandas DataFrame directly
-or to every partition of a Dask DataFrame, so the single-threaded reference and the
-parallel path cannot drift apart.
+or to every partition of a Dask DataFrame, so the single-threaded reference
+(``featurise_frame_pandas``) and the parallel path cannot drift apart.
+
+Outputs (paths relative to the store):
+
+* ``<prefix>/shard-NNNNN.parquet`` + ``_SUCCESS.json`` (params, rows, injected dirt counts);
+* ``<unit>/features.parquet`` -- ``OUTPUT_COLUMNS``: ride_id (int64), ``FEATURE_COLUMNS`` and
+  ``TARGET`` (float32), input order; ``<unit>/stats.json`` -- per column count, sum, sum_sq,
+  min, max; ``_SUCCESS.json`` also records rows_in, rows_out, dropped (rows per reason in
+  ``DROP_REASONS``), stats, raw_sha256 and features_version;
+* ``<out>/manifest.json`` -- ``feature_columns``, ``target``, ``stats`` (count, mean, std with
+  ddof=0, min, max per column), ``shards`` (unit, path, rows_in, rows_out, dropped, sha256),
+  ``rows_in``, ``rows_out``, ``dropped``.
 
 pandas, pyarrow and dask are imported inside the functions that use them, so a DAG file may
 import this module cheaply.
@@ -70,6 +81,25 @@ FEATURE_COLUMNS: list[str] = [
     "payment_cash",
     "payment_app",
 ]
+# Few distinct values: worth Parquet dictionary encoding (on continuous columns it costs CPU for nothing).
+_LOW_CARDINALITY_FEATURES = [
+    "dow_sin",
+    "dow_cos",
+    "is_weekend",
+    "is_rush_hour",
+    "is_night",
+    "passengers",
+    "pickup_x_km",
+    "pickup_y_km",
+    "dropoff_x_km",
+    "dropoff_y_km",
+    "zone_gap_km",
+    "same_zone",
+    "airport_trip",
+    "payment_card",
+    "payment_cash",
+    "payment_app",
+]
 TARGET = "fare"
 ID_COLUMN = "ride_id"
 OUTPUT_COLUMNS: list[str] = [ID_COLUMN, *FEATURE_COLUMNS, TARGET]
@@ -91,8 +121,6 @@ RAW_COLUMNS: tuple[str, ...] = (
     "payment_type",
     "fare",
 )
-_NUMERIC_RAW = ("ride_id", "pickup_zone", "dropoff_zone", "distance_km", "duration_min", "passengers", "fare")
-_TEXT_RAW = ("payment_type",)
 
 # Reasons a row is dropped, in priority order: a row is counted once, under the first that applies.
 DROP_REASONS: tuple[str, ...] = (
@@ -698,7 +726,7 @@ def _stats_frame(features: pd.DataFrame) -> pd.DataFrame:
         rows[name] = (
             len(values),
             values.sum(),
-            np.dot(values, values),
+            np.square(values).sum(),  # not np.dot: BLAS threads spin on a busy machine
             np.nan if empty else values.min(),
             np.nan if empty else values.max(),
         )
@@ -758,11 +786,19 @@ STATS_FILE = "stats.json"
 FEATURES_ROW_GROUP_ROWS = 100_000
 
 
-def _arrow_data_errors() -> tuple[type[Exception], ...]:
-    """What pyarrow raises for bytes that are not valid Parquet (retrying cannot fix them)."""
+def _is_corrupt_parquet(exc: BaseException) -> bool:
+    """Whether pyarrow failed on the bytes themselves, which no retry can fix.
+
+    pyarrow reports undecodable data as ``ArrowInvalid`` (bad footer, "magic bytes not found")
+    or as a bare ``OSError`` without an errno ("Unexpected end of stream", a failed
+    decompression). Real I/O failures surface as the file object's own exception: an errno,
+    or a subclass such as ConnectionError or FileNotFoundError, and stay retryable.
+    """
     import pyarrow as pa
 
-    return (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+    if isinstance(exc, pa.ArrowInvalid | pa.ArrowNotImplementedError | pa.ArrowTypeError):
+        return True
+    return type(exc) is OSError and exc.errno is None
 
 
 def _read_row_groups(
@@ -776,8 +812,10 @@ def _read_row_groups(
             table = pq.ParquetFile(handle).read_row_groups(
                 list(row_groups), columns=list(columns or RAW_COLUMNS), use_threads=False
             )
-    except _arrow_data_errors() as exc:
-        raise BadInputError(f"raw shard {uri} is unreadable (row groups {row_groups}): {exc}") from None
+    except Exception as exc:
+        if _is_corrupt_parquet(exc):
+            raise BadInputError(f"raw shard {uri} is corrupt (row groups {row_groups}): {exc}") from None
+        raise
     return table.to_pandas()
 
 
@@ -791,8 +829,10 @@ def _open_raw_shard(store: ArtifactStore, raw_rel: str) -> pq.FileMetaData:
             metadata = pq.ParquetFile(handle).metadata
     except FileNotFoundError:
         raise BadInputError(f"raw shard {uri} does not exist") from None
-    except _arrow_data_errors() as exc:
-        raise BadInputError(f"raw shard {uri} is not a readable Parquet file: {exc}") from None
+    except Exception as exc:
+        if _is_corrupt_parquet(exc):
+            raise BadInputError(f"raw shard {uri} is not a readable Parquet file: {exc}") from None
+        raise
     _check_columns(metadata.schema.names, f"raw shard {uri}")
     return metadata
 
@@ -841,16 +881,36 @@ def dask_client(
         return
     processes = not multiprocessing.current_process().daemon
     with (
+        _quiet_logger("distributed", logging.ERROR),
         LocalCluster(
             n_workers=cpus if processes else 1,
             threads_per_worker=1 if processes else cpus,
             processes=processes,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            # Any free local port: parallel tasks on one host would otherwise race for 8787.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,  # the workers' own handlers
         ) as cluster,
         Client(cluster) as client,
     ):
         yield client, cpus
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int) -> Generator[None, None, None]:
+    """Raise a logger's level for the duration of a block.
+
+    The in-process scheduler logs every worker's start and stop at INFO, which would drown the
+    task log; ``silence_logs`` only reaches the ``distributed`` logger's own handlers, not the
+    root handlers Airflow installs.
+    """
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _raw_frame(
@@ -860,7 +920,9 @@ def _raw_frame(
     import dask.dataframe as dd
 
     total = metadata.num_rows
-    target_rows = max(1, min(partition_rows, math.ceil(total / (2 * workers))))  # >= 2 tasks per worker
+    target_rows = partition_rows  # bounds memory per task
+    if workers > 1:  # at least two tasks per worker, so none idles while another finishes a big one
+        target_rows = max(1, min(partition_rows, math.ceil(total / (2 * workers))))
     plan = _plan_partitions(metadata, target_rows) or [()]
     uri = store.uri(raw_rel)
     if len(plan) == 1 and total > target_rows:
@@ -911,7 +973,9 @@ def _write_features(path, splits: Iterable[tuple[pd.DataFrame, pd.DataFrame, pd.
     schema = pa.schema([(ID_COLUMN, pa.int64())] + [(name, pa.float32()) for name in STATS_COLUMNS])
     stats, counts, pending = [], [], []
     pending_rows = rows = 0
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(
+        path, schema, compression="zstd", use_dictionary=_LOW_CARDINALITY_FEATURES
+    ) as writer:
         for features, partial_stats, reason_counts in splits:
             stats.append(partial_stats)
             counts.append(reason_counts)
@@ -950,8 +1014,17 @@ def featurise_shard(
     scheduler_address: str | None = None,
     cpus: int | None = None,
     partition_rows: int = 100_000,
+    min_rows_for_cluster: int = 2_000_000,
 ) -> dict:
     """Clean and featurise one raw shard with Dask; commit ``out_unit`` (features + stats).
+
+    Runs on the external scheduler when one is given (``scheduler_address``, else
+    ``DASK_SCHEDULER_ADDRESS``), otherwise on a LocalCluster of ``cpus`` worker processes
+    (default ``available_cpus()``). Starting and stopping that cluster costs one to two seconds
+    of spawning and importing, and moving the features back to this process costs CPU too, so
+    on 2 cores it only pays off for shards of several million rows: a shard smaller than
+    ``min_rows_for_cluster`` runs the same Dask graph synchronously in this process (pass 0 to
+    always start the cluster). Parallelism across shards comes from the DAG's fan-out.
 
     Skipped (``skipped=True``, the recorded summary) when ``out_unit`` is verified, was made
     from the same raw bytes and by this ``FEATURES_VERSION``; otherwise it is redone. The old
@@ -975,15 +1048,20 @@ def featurise_shard(
         log.info("%s already verified; skipping", store.uri(out_unit))
         return _shard_summary(raw_rel, out_unit, recorded, skipped=True)
 
-    with dask_client(scheduler_address, cpus) as (client, workers):
+    external = scheduler_address or settings().dask_scheduler_address
+    if not external and metadata.num_rows < min_rows_for_cluster:
+        cpus = 1  # a cluster would cost more than it saves on a shard this small
+    with dask_client(external, cpus) as (client, workers):
         raw = _raw_frame(store, raw_rel, metadata, workers, partition_rows)
         try:
             with store.staged(f"{out_unit}/{FEATURES_FILE}") as tmp:
                 splits = _split_partitions_in_order(client, raw)
                 rows_out, partial_stats, reason_counts = _write_features(tmp, splits)
                 store.invalidate(out_unit)  # the old commit stops counting just before its file is replaced
-        except _arrow_data_errors() as exc:
-            raise BadInputError(f"raw shard {store.uri(raw_rel)} is unreadable: {exc}") from None
+        except Exception as exc:  # a corrupt page met in this process (synchronous or gathered)
+            if _is_corrupt_parquet(exc):
+                raise BadInputError(f"raw shard {store.uri(raw_rel)} is corrupt: {exc}") from None
+            raise
     stats = _combine_stats_frames(partial_stats)
     dropped = dropped_by_reason(reason_counts)
     rows_in = metadata.num_rows
@@ -1006,6 +1084,7 @@ def featurise_shard(
         stats=stats,
         partitions=raw.npartitions,
         workers=workers,
+        executor=external or ("synchronous" if client is None else "local-cluster"),
         seconds=seconds,
     )
     log.info("featurised %s: %d -> %d rows in %.2fs", raw_rel, rows_in, rows_out, seconds)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import dask
 import dask.dataframe as dd
@@ -53,7 +56,12 @@ def featurised(dataset):
     started = time.perf_counter()
     results = [
         preprocess.featurise_shard(
-            store, summary["shards"][0], "features/shard-0", cpus=2, partition_rows=5_000
+            store,
+            summary["shards"][0],
+            "features/shard-0",
+            cpus=2,
+            partition_rows=5_000,
+            min_rows_for_cluster=0,
         ),
         preprocess.featurise_shard(
             store, summary["shards"][1], "features/shard-1", cpus=1, partition_rows=5_000
@@ -90,6 +98,14 @@ def valid_row(ride_id: int, **changes) -> dict:
         "fare": 18.3,
     }
     return {**row, **changes}
+
+
+def test_importing_the_module_stays_cheap():
+    """DAG files may import fanout.preprocess at parse time; pandas, pyarrow and dask load in tasks."""
+    plugins = str(Path(preprocess.__file__).resolve().parents[1])
+    heavy = "pandas", "pyarrow", "dask"
+    code = f"import sys, fanout.preprocess; sys.exit(any(m in sys.modules for m in {heavy!r}))"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": plugins})
 
 
 # -- generation ------------------------------------------------------------------------------------
@@ -273,7 +289,9 @@ def test_dask_shard_equals_pandas_reference(featurised):
     store, results = featurised
     result = results[0]
     assert not result["skipped"]
-    assert store.verified("features/shard-0")["partitions"] > 2, "the cluster path must really partition"
+    recorded = store.verified("features/shard-0")
+    assert (recorded["executor"], recorded["workers"]) == ("local-cluster", 2)
+    assert recorded["partitions"] > 2, "the cluster path must really partition"
 
     expected, expected_stats, expected_dropped = preprocess.featurise_frame_pandas(
         read_raw(store, result["raw"])
@@ -341,6 +359,36 @@ def test_rerun_skips_a_verified_shard(featurised):
     }
 
 
+def test_small_shard_runs_in_process_with_identical_bytes(featurised, dataset, tmp_path):
+    """Below min_rows_for_cluster no cluster starts; the file does not depend on partitioning."""
+    _, results = featurised
+    source, summary = dataset
+    store = ArtifactStore(str(tmp_path))
+    copy_into(source, summary["shards"][1], store, "raw/shard.parquet")
+
+    result = preprocess.featurise_shard(store, "raw/shard.parquet", "unit", cpus=2)
+
+    recorded = store.verified("unit")
+    assert (recorded["executor"], recorded["workers"], recorded["partitions"]) == ("synchronous", 1, 1)
+    assert result["sha256"] == results[1]["sha256"], "3 partitions or 1, the same bytes"
+
+
+def test_external_scheduler_from_the_environment(featurised, dataset, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    _, results = featurised
+    source, summary = dataset
+    store = ArtifactStore(str(tmp_path))
+    copy_into(source, summary["shards"][1], store, "raw/shard.parquet")
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+        result = preprocess.featurise_shard(store, "raw/shard.parquet", "unit", partition_rows=5_000)
+        recorded = store.verified("unit")
+        assert (recorded["executor"], recorded["workers"]) == (cluster.scheduler_address, 2)
+    assert result["sha256"] == results[1]["sha256"]
+
+
 def test_tampered_output_is_redone(dataset, tmp_path):
     source, summary = dataset
     store = ArtifactStore(str(tmp_path))
@@ -371,6 +419,21 @@ def test_truncated_raw_shard_raises_and_keeps_earlier_output(dataset, tmp_path):
 
     assert unit_bytes(store, "unit") == committed
     assert store.verified("unit")["files"]["features.parquet"] == first["sha256"]
+
+
+def test_corrupt_page_inside_raw_shard_is_bad_input(dataset, tmp_path):
+    """The footer is intact, a compressed page in the middle is not: still no retry."""
+    source, summary = dataset
+    store = ArtifactStore(str(tmp_path))
+    copy_into(source, summary["shards"][1], store, "raw/shard.parquet")
+    raw_file = store.path("raw/shard.parquet")
+    with open(raw_file, "r+b") as handle:
+        handle.seek(os.path.getsize(raw_file) // 3)
+        handle.write(bytes(range(256)) * 8)
+
+    with pytest.raises(BadInputError, match=r"raw/shard\.parquet is corrupt"):
+        preprocess.featurise_shard(store, "raw/shard.parquet", "unit", cpus=1)
+    assert not store.exists("unit/features.parquet")
 
 
 def test_missing_column_is_named(dataset, tmp_path):
