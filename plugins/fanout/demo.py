@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -186,10 +187,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     stack = make_stack(Path(args.home), port=args.port)
     client = stack.start()
-    prepare(client, stack)
-    print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
-    print(f"Logs: {stack.home}/logs. Ctrl-C stops every component.", flush=True)
     try:
+        prepare(client, stack)
+        print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
+        print(f"Logs: {stack.home}/logs. Ctrl-C stops every component.", flush=True)
         while True:
             time.sleep(5)
             stack.check_alive()
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8080)
     up.set_defaults(func=cmd_up)
     args = parser.parse_args(argv)
+    # A SIGTERM (timeout, CI, kill) unwinds like Ctrl-C, so the stack's process groups are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return args.func(args)
 
 

@@ -186,9 +186,9 @@ class AirflowStack:
     def check_alive(self) -> None:
         for name, proc in self._procs.items():
             if proc.poll() is not None:
-                raise AirflowError(
-                    f"airflow {name} exited with {proc.returncode}; see {self.home}/logs/{name}.log"
-                )
+                log = self.home / "logs" / f"{name}.log"
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-3:])
+                raise AirflowError(f"airflow {name} exited with {proc.returncode}; see {log}:\n{tail}")
 
     def stop_component(self, name: str, grace: float = 15) -> None:
         proc = self._procs.pop(name, None)
@@ -296,10 +296,13 @@ class AirflowClient:
         self.patch(f"/dags/{dag_id}", {"is_paused": False})
 
     def set_pool(self, name: str, slots: int, description: str = "") -> None:
-        try:
-            self.patch(f"/pools/{name}", {"name": name, "slots": slots, "description": description})
-        except AirflowError:
-            self.post("/pools", {"name": name, "slots": slots, "description": description})
+        """Create the pool, or resize it if it exists (a restarted stack keeps its database)."""
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        existing = {p["name"] for p in self.get("/pools", limit=1000)["pools"]}
+        if name in existing:
+            self.patch(f"/pools/{name}", body)
+        else:
+            self.post("/pools", body)
 
     def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> str:
         body: dict[str, Any] = {"conf": conf or {}, "logical_date": None}

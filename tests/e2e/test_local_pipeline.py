@@ -150,6 +150,16 @@ def test_sigkilled_mapped_task_is_retried_and_outputs_are_intact(airflow, store)
     assert not [n for n in store.listdir(chunk_unit) if n.endswith(".tmp") or ".tmp" in n]
 
 
+def test_preparing_a_running_stack_again_keeps_its_pools(airflow):
+    """``make up`` after ``make demo`` reuses the database: the GPU pool exists and is resized."""
+    from fanout.demo import prepare
+
+    stack, client = airflow
+    prepare(client, stack)
+    pools = {p["name"]: p["slots"] for p in client.get("/pools")["pools"]}
+    assert pools["fanout_gpu"] == stack.parallelism
+
+
 def test_bad_param_is_rejected_at_trigger_naming_it(airflow):
     _, client = airflow
     with pytest.raises(AirflowError, match="n_shards"):
