@@ -35,7 +35,8 @@ _CHUNK = 1 << 20
 
 def safe_key(text: str) -> str:
     """A path component for a run id like ``manual__2026-11-22T18:00:00+00:00``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
+    # Strip dots too, so ".." can never become a path component.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "_"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

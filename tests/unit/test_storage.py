@@ -1,0 +1,108 @@
+"""Artifact storage: atomic writes and verified units, on a local directory and an object store."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from fanout.storage import MANIFEST, ArtifactStore, safe_key
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path):
+    """The same tests on a local directory and on fsspec's in-memory object store."""
+    if request.param == "local":
+        return ArtifactStore(str(tmp_path))
+    return ArtifactStore(f"memory://fanout-test-{uuid.uuid4().hex}")
+
+
+def test_round_trip(store):
+    store.write_json("a/b.json", {"x": 1})
+    store.write_bytes("a/c.bin", b"\x00\x01")
+    assert store.read_json("a/b.json") == {"x": 1}
+    assert store.read_bytes("a/c.bin") == b"\x00\x01"
+    assert store.listdir("a") == ["b.json", "c.bin"]
+    assert store.listdir("missing") == []
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(store):
+    store.write_bytes("unit/data.bin", b"old")
+    with pytest.raises(RuntimeError), store.staged("unit/data.bin") as tmp:
+        tmp.write_bytes(b"half of the new")
+        raise RuntimeError("killed mid-write")
+    assert store.read_bytes("unit/data.bin") == b"old"
+    assert store.listdir("unit") == ["data.bin"]
+
+
+def test_overwrite_replaces_whole_file(store):
+    store.write_bytes("f.bin", b"a much longer first version")
+    store.write_bytes("f.bin", b"short")
+    assert store.read_bytes("f.bin") == b"short"
+
+
+def test_committed_unit_verifies_until_a_file_changes_or_disappears(store):
+    store.write_bytes("u/one.bin", b"1")
+    store.write_bytes("u/two.bin", b"2")
+    manifest = store.commit("u", ["one.bin", "two.bin"], rows=2)
+    assert manifest["rows"] == 2
+    assert store.verified("u") == manifest
+    store.write_bytes("u/two.bin", b"tampered")
+    assert store.verified("u") is None
+    store.write_bytes("u/two.bin", b"2")
+    assert store.verified("u") == manifest
+    store.fs.rm_file(store.path("u/one.bin"))
+    assert store.verified("u") is None
+
+
+def test_uncommitted_or_invalidated_unit_is_not_verified(store):
+    store.write_bytes("u/one.bin", b"1")
+    assert store.verified("u") is None
+    store.commit("u", ["one.bin"])
+    store.invalidate("u")
+    assert store.verified("u") is None
+    assert MANIFEST not in store.listdir("u")
+
+
+def test_corrupt_manifest_is_not_trusted(store):
+    store.write_bytes(f"u/{MANIFEST}", b"{not json")
+    assert store.verified("u") is None
+
+
+def test_missing_artifact_error_names_the_uri(store):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        store.read_json("missing.json")
+    with pytest.raises(FileNotFoundError, match=r"missing\.bin"), store.local_copy("missing.bin"):
+        pass
+
+
+def test_local_copy_gives_readable_file(store):
+    store.write_bytes("x/y.bin", b"payload")
+    with store.local_copy("x/y.bin") as path:
+        assert path.read_bytes() == b"payload"
+
+
+def test_local_store_writes_through_a_rename_in_the_same_directory(tmp_path, monkeypatch):
+    """Same directory = same filesystem, so the final rename is atomic."""
+    store = ArtifactStore(str(tmp_path))
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((src, dst)), real_replace(src, dst)))
+    store.write_bytes("d/file.bin", b"x")
+    ((src, dst),) = renames
+    assert os.path.dirname(src) == os.path.dirname(dst) == str(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    ("run_id", "key"),
+    [
+        ("manual__2026-11-22T18:00:00+00:00", "manual__2026-11-22T18_00_00_00_00"),
+        ("asset_triggered__x_AbC9", "asset_triggered__x_AbC9"),
+        ("../../etc", "etc"),
+        ("..", "_"),
+    ],
+)
+def test_safe_key_makes_run_ids_path_components(run_id, key):
+    assert safe_key(run_id) == key
+    assert "/" not in safe_key(run_id)
