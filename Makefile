@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo up test lint format clean helm helm-lint
+.PHONY: help venv demo cluster-demo up test lint format clean helm helm-lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ venv: $(STAMP)  ## create the virtualenv with pinned dependencies
 
 demo: venv  ## run the whole pipeline through a local Airflow (LocalExecutor) and print a summary
 	PYTHONPATH=plugins $(PY) -m fanout.demo run
+
+cluster-demo: venv  ## run the pipeline with the KubernetesExecutor on the local cluster harness; show which pod ran where
+	PYTHONPATH=plugins:. $(PY) -m tests.cluster.demo
 
 up: venv  ## keep a local Airflow running, web UI on http://127.0.0.1:8080 (Ctrl-C stops it)
 	PYTHONPATH=plugins $(PY) -m fanout.demo up

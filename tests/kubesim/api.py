@@ -2,12 +2,12 @@
 
 Served: discovery (/version, /api, /apis, /api/v1); pods (list, watch, create, get, replace, patch,
 delete, deletecollection, status, log, eviction), nodes (list, watch, get, patch), events and namespaces
-(list, watch, get, create). Lists and watches take labelSelector and fieldSelector; lists paginate with
+(list, watch, get, create), configmaps (list, watch, create, get, replace, patch, delete). Lists and watches take labelSelector and fieldSelector; lists paginate with
 limit/continue; an ``Accept: ...;as=PartialObjectMetadataList`` answer carries metadata only, and
 ``as=Table`` gives kubectl its usual columns. Watches
 stream ADDED/MODIFIED/DELETED events from a resourceVersion (an object leaving the selector is DELETED,
 entering it ADDED, as the watch cache does) and answer a too-old version with an ERROR event holding a
-410 Expired Status. Not served: other API groups, Secrets/ConfigMaps, server-side apply, dryRun,
+410 Expired Status. Not served: other API groups, Secrets, server-side apply, dryRun,
 finalizers, authentication (plain HTTP on 127.0.0.1).
 """
 
@@ -32,12 +32,14 @@ from tests.kubesim.objects import (
     KUBERNETES_VERSION,
     ApiError,
     bad_request,
+    config_map_data_errors,
     conflict,
     namespace_object,
     not_found,
     set_condition,
     timestamp,
     validate_and_default_pod,
+    validate_config_map,
 )
 from tests.kubesim.patches import apply_patch
 from tests.kubesim.selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -74,6 +76,9 @@ API_RESOURCES = [
     _resource("nodes/status", "Node", False, "get"),
     _resource("events", "Event", True, "create get list watch", shortNames=["ev"]),
     _resource("namespaces", "Namespace", False, "create get list patch watch", shortNames=["ns"]),
+    _resource(
+        "configmaps", "ConfigMap", True, "create delete get list patch update watch", shortNames=["cm"]
+    ),
 ]
 # Pod spec fields a PATCH or PUT may change (everything else is immutable once created).
 MUTABLE_POD_SPEC_FIELDS = {"activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"}
@@ -128,7 +133,7 @@ class ApiServer:
         router.add_get("/api", self._api_versions)
         router.add_get("/apis", self._api_groups)
         router.add_get("/api/v1", self._api_resources)
-        for kind in ("Pod", "Event"):
+        for kind in ("Pod", "Event", "ConfigMap"):
             plural = PLURALS[kind]
             router.add_get(f"/api/v1/{plural}", for_kind(self._list_or_watch, kind))
             router.add_get(f"/api/v1/namespaces/{{namespace}}/{plural}", for_kind(self._list_or_watch, kind))
@@ -151,6 +156,11 @@ class ApiServer:
         router.add_get(f"{pod}/log", self._log)
         router.add_post(f"{pod}/eviction", self._evict)
         router.add_post("/api/v1/namespaces/{namespace}/events", self._create_event)
+        config_map = "/api/v1/namespaces/{namespace}/configmaps/{name}"
+        router.add_post("/api/v1/namespaces/{namespace}/configmaps", self._create_config_map)
+        router.add_put(config_map, self._replace_config_map)
+        router.add_patch(config_map, for_kind(self._patch, "ConfigMap"))
+        router.add_delete(config_map, self._delete_config_map)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
@@ -430,6 +440,28 @@ class ApiServer:
         pod = validate_and_default_pod(await self._body(request), namespace)
         return _json(self.store.create(pod), 201)
 
+    async def _create_config_map(self, request: web.Request) -> web.Response:
+        namespace = request.match_info["namespace"]
+        self._require_namespace(namespace)
+        config_map = validate_config_map(await self._body(request), namespace)
+        return _json(self.store.create(config_map), 201)
+
+    async def _replace_config_map(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        body = await self._body(request)
+        return _json(
+            self.store.update("ConfigMap", namespace, name, lambda current: _merged_update(current, body))
+        )
+
+    async def _delete_config_map(self, request: web.Request) -> web.Response:
+        # No finalizers or grace period: gone at once, answered with a Status as the API server does.
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        deleted = self.store.delete("ConfigMap", namespace, name)
+        details = {"name": name, "kind": "configmaps", "uid": deleted["metadata"]["uid"]}
+        return _json(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        )
+
     async def _create_namespace(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         name = (body.get("metadata") or {}).get("name")
@@ -546,7 +578,30 @@ def _merged_update(current: dict[str, Any], requested: dict[str, Any]) -> dict[s
             updated["spec"]["containers"][index]["image"] = container.get("image")
     elif current["kind"] == "Node":
         updated["spec"] = requested.get("spec") or {}
+    elif current["kind"] == "ConfigMap":
+        _check_config_map_update(current, requested)
+        for key in ("data", "binaryData", "immutable"):
+            if key in requested:
+                updated[key] = requested[key]
+            else:
+                updated.pop(key, None)
     return updated
+
+
+def _check_config_map_update(current: dict[str, Any], requested: dict[str, Any]) -> None:
+    name = current["metadata"]["name"]
+    causes = config_map_data_errors(requested)
+    if current.get("immutable") and any(
+        requested.get(key) != current.get(key) for key in ("data", "binaryData", "immutable")
+    ):
+        causes.append("data: Forbidden: field is immutable when `immutable` is set")
+    if causes:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'ConfigMap "{name}" is invalid: {"; ".join(causes)}',
+            {"name": name, "kind": "configmaps"},
+        )
 
 
 def _check_pod_spec_update(current: dict[str, Any], requested: dict[str, Any], name: str) -> None:

@@ -8,9 +8,12 @@ Mapping from a container to a process (the image is recorded in the status, neve
   up on ``PATH``.
 - env: a minimal host env (``PATH`` with the venv's bin first, ``PYTHONPATH`` of the repo and
   ``plugins/``, ``HOME`` and cwd a per-pod directory, ``HOSTNAME`` the pod name), then the cluster's
-  ``image_env`` (what an image would bake in), then the container's ``env`` (``value`` and ``fieldRef``;
-  ``secretKeyRef``, ``configMapKeyRef`` and ``envFrom`` leave the container in
-  ``CreateContainerConfigError``, as there are no Secrets or ConfigMaps here).
+  ``image_env`` (what an image would bake in), then the container's ``envFrom`` (ConfigMaps, with
+  ``prefix``), then its ``env`` (``value``, ``fieldRef``, ``configMapKeyRef``), as the kubelet orders
+  them. A missing ConfigMap or key that is not ``optional`` leaves the container in
+  ``CreateContainerConfigError`` until the ConfigMap appears; Secrets are not served, so a Secret
+  reference is skipped when ``optional`` and an error otherwise. Keys that are not valid variable
+  names are skipped.
 - stdout and stderr go to one log file, served by the pods/log endpoint.
 - the process runs in its own session; every process of the container carries ``KUBESIM_CONTAINER_ID``
   in its env, so that killing a container kills all of it, even children that left the process group
@@ -34,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,9 @@ CONTAINER_ID_ENV = "KUBESIM_CONTAINER_ID"
 CLUSTER_ID_ENV = "KUBESIM_CLUSTER_ID"
 _PYTHON_RE = re.compile(r"^python(\d(\.\d+)?)?$")
 _VAR_REF_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# What the kubelet accepts as an environment variable name from a ConfigMap key.
+_ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+ConfigMapLookup = Callable[[str, str], "dict[str, Any] | None"]  # (namespace, name) -> ConfigMap
 
 
 class ContainerConfigError(Exception):
@@ -113,25 +119,66 @@ def field_ref_value(pod: dict[str, Any], field_path: str) -> str:
     return values[field_path]
 
 
-def container_env(pod: dict[str, Any], container: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
+def container_env(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    base: dict[str, str],
+    config_maps: ConfigMapLookup = lambda namespace, name: None,
+) -> dict[str, str]:
+    """The container's environment: ``base``, then ``envFrom`` in order, then ``env`` (later wins)."""
     env = dict(base)
-    if container.get("envFrom"):
-        raise ContainerConfigError("envFrom needs ConfigMaps or Secrets, which the harness does not serve")
+    namespace = pod["metadata"]["namespace"]
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            ref = source["configMapRef"]
+            config_map = config_maps(namespace, ref.get("name", ""))
+            if config_map is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerConfigError(f'configmap "{ref.get("name")}" not found')
+            prefix = source.get("prefix", "")
+            for key, value in (config_map.get("data") or {}).items():
+                if _ENV_NAME_RE.match(prefix + key):
+                    env[prefix + key] = value
+        elif "secretRef" in source:
+            if not source["secretRef"].get("optional"):  # the harness serves no Secrets
+                raise ContainerConfigError(f'secret "{source["secretRef"].get("name")}" not found')
+        else:
+            raise ContainerConfigError(f"unsupported envFrom source: {sorted(source)}")
     for variable in container.get("env") or []:
         name = variable["name"]
         if "valueFrom" in variable:
             source = variable["valueFrom"]
             if "fieldRef" in source:
                 env[name] = field_ref_value(pod, source["fieldRef"]["fieldPath"])
-            elif "secretKeyRef" in source:
-                raise ContainerConfigError(f'secret "{source["secretKeyRef"].get("name")}" not found')
             elif "configMapKeyRef" in source:
-                raise ContainerConfigError(f'configmap "{source["configMapKeyRef"].get("name")}" not found')
+                value = config_map_key(namespace, source["configMapKeyRef"], config_maps)
+                if value is not None:
+                    env[name] = value
+            elif "secretKeyRef" in source:
+                if not source["secretKeyRef"].get("optional"):
+                    raise ContainerConfigError(f'secret "{source["secretKeyRef"].get("name")}" not found')
             else:
                 raise ContainerConfigError(f"unsupported valueFrom for {name}: {sorted(source)}")
         else:
             env[name] = expand_references(str(variable.get("value", "")), env)
     return env
+
+
+def config_map_key(namespace: str, ref: dict[str, Any], config_maps: ConfigMapLookup) -> str | None:
+    """A ``configMapKeyRef``'s value; None when it is optional and missing."""
+    name, key = ref.get("name", ""), ref.get("key", "")
+    config_map = config_maps(namespace, name)
+    if config_map is None:
+        if ref.get("optional"):
+            return None
+        raise ContainerConfigError(f'configmap "{name}" not found')
+    data = config_map.get("data") or {}
+    if key not in data:
+        if ref.get("optional"):
+            return None
+        raise ContainerConfigError(f"couldn't find key {key} in ConfigMap {namespace}/{name}")
+    return data[key]
 
 
 def container_argv(container: dict[str, Any], env: dict[str, str], python: str) -> list[str]:
@@ -192,6 +239,7 @@ class Kubelet:
         self.containers: dict[str, Container] = {}  # by pod uid
         self.log_paths: dict[str, Path] = {}  # by pod uid, kept after the pod is gone
         self._creating: dict[str, float] = {}  # pod uid -> when its container may start
+        self._config_errors: set[str] = set()  # pod uids waiting in CreateContainerConfigError
         self._held = 0
         self._down_nodes: set[str] = set()
         self._wake = asyncio.Event()
@@ -242,12 +290,22 @@ class Kubelet:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind in ("Pod", "Node"):
+        if change.kind == "ConfigMap" and self._loop:
+            self._loop.call_soon_threadsafe(self._retry_config_errors)
+        elif change.kind in ("Pod", "Node"):
             self.wake()
+
+    def _retry_config_errors(self) -> None:
+        """As the kubelet's periodic sync: a pod waiting for a ConfigMap may start now."""
+        for uid in self._config_errors:
+            self._creating[uid] = time.time()
+        self._config_errors.clear()
+        self._wake.set()
 
     def forget_pending(self, pod_uid: str) -> None:
         """Drop a pod whose container has not started yet (a fault took the pod over)."""
         self._creating.pop(pod_uid, None)
+        self._config_errors.discard(pod_uid)
 
     def node_down(self, node_name: str) -> None:
         """The kubelet of this node stops: no starts, no status updates, no final deletions."""
@@ -316,6 +374,7 @@ class Kubelet:
         for uid in list(self._creating):
             if uid not in live_uids:
                 del self._creating[uid]
+        self._config_errors &= live_uids
 
     def _advance_pending(self, pod: dict[str, Any], now: float) -> None:
         uid = pod["metadata"]["uid"]
@@ -390,7 +449,7 @@ class Kubelet:
             **self.image_env,
         }
         try:
-            env = container_env(pod, main, host_env)
+            env = container_env(pod, main, host_env, self._config_map)
             argv = container_argv(main, env, self.python)
         except ContainerConfigError as error:
             self._fail_config(pod, main, str(error))
@@ -446,9 +505,14 @@ class Kubelet:
 
         self._update_status(pod, running)
 
+    def _config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.store.find("ConfigMap", namespace, name)
+
     def _fail_config(self, pod: dict[str, Any], main: dict[str, Any], message: str) -> None:
         """As the kubelet: the pod stays Pending, its container waiting with the error as reason."""
-        self._creating[pod["metadata"]["uid"]] = float("inf")  # no retry: nothing here can fix it
+        # Retried when a ConfigMap changes (the only thing here that can fix it).
+        self._creating[pod["metadata"]["uid"]] = float("inf")
+        self._config_errors.add(pod["metadata"]["uid"])
 
         def waiting(obj: dict[str, Any]) -> None:
             obj["status"]["containerStatuses"] = [

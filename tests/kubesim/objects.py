@@ -330,6 +330,38 @@ def node_object(spec: NodeSpec) -> dict[str, Any]:
     }
 
 
+# --- config maps -------------------------------------------------------------------------------------------
+
+
+def validate_config_map(config_map: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """What the API server does to a ConfigMap on create: string data, a name, its namespace."""
+    config_map = copy.deepcopy(config_map)
+    config_map["apiVersion"], config_map["kind"] = "v1", "ConfigMap"
+    meta = config_map.setdefault("metadata", {})
+    if not meta.get("name") and meta.get("generateName"):
+        meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+    name = meta.get("name") or ""
+    if meta.get("namespace") not in (None, "", namespace):
+        raise bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request"
+        )
+    causes = [] if name else ["metadata.name: Required value: name or generateName is required"]
+    causes += config_map_data_errors(config_map)
+    if causes:
+        raise invalid("ConfigMap", name, causes)
+    meta.update(namespace=namespace, uid=new_uid(), creationTimestamp=timestamp())
+    meta.pop("resourceVersion", None)
+    return config_map
+
+
+def config_map_data_errors(config_map: dict[str, Any]) -> list[str]:
+    return [
+        f"data[{key}]: Invalid value: must be a string"
+        for key, value in (config_map.get("data") or {}).items()
+        if not isinstance(value, str)
+    ]
+
+
 def namespace_object(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

@@ -21,7 +21,13 @@ from typing import Any
 
 from tests.kubesim.objects import already_exists, gone, new_uid, not_found, timestamp
 
-PLURALS = {"Pod": "pods", "Node": "nodes", "Event": "events", "Namespace": "namespaces"}
+PLURALS = {
+    "Pod": "pods",
+    "Node": "nodes",
+    "Event": "events",
+    "Namespace": "namespaces",
+    "ConfigMap": "configmaps",
+}
 CLUSTER_SCOPED = {"Node", "Namespace"}
 
 

@@ -38,6 +38,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("Message", "string", 0),
     ],
     "Namespace": [("Name", "string", 0), ("Status", "string", 0), ("Age", "string", 0)],
+    "ConfigMap": [("Name", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
 }
 
 
@@ -117,6 +118,9 @@ def _cells(kind: str, obj: dict[str, Any]) -> list[Any]:
             f"{involved.get('kind', '').lower()}/{involved.get('name')}",
             obj.get("message"),
         ]
+    if kind == "ConfigMap":
+        data = len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+        return [meta["name"], data, age(meta.get("creationTimestamp"))]
     return [meta["name"], status.get("phase", "Active"), age(meta.get("creationTimestamp"))]
 
 

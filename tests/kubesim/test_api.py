@@ -263,3 +263,47 @@ def test_kubectl_lists_with_its_usual_columns_and_waits_for_deletion(cluster, v1
     # delete --wait uses a watch-list (initial events, then a bookmark) to see the pod go.
     assert 'pod "sleeper" deleted' in run("delete", "pod", "sleeper", "--wait=true", "--timeout=20s")
     assert cluster.pod("sleeper") is None
+
+
+def test_config_maps_are_created_read_listed_patched_watched_and_deleted(cluster, v1):
+    since = v1.list_namespaced_config_map("default").metadata.resource_version
+    body = {"metadata": {"name": "settings", "labels": {"app": "fanout"}}, "data": {"A": "1"}}
+    created = v1.create_namespaced_config_map("default", body)
+    assert created.metadata.uid and created.metadata.namespace == "default"
+    assert v1.read_namespaced_config_map("settings", "default").data == {"A": "1"}
+
+    patched = v1.patch_namespaced_config_map("settings", "default", {"data": {"B": "2"}})
+    assert patched.data == {"A": "1", "B": "2"}
+    replaced = v1.replace_namespaced_config_map(
+        "settings", "default", {"metadata": {"name": "settings"}, "data": {"C": "3"}}
+    )
+    assert replaced.data == {"C": "3"} and not replaced.metadata.labels
+    listed = v1.list_namespaced_config_map("default", label_selector="app=fanout").items
+    assert listed == []  # the replace dropped the label
+    status = v1.delete_namespaced_config_map("settings", "default")
+    assert status.status == "Success" and status.details.name == "settings"
+    with pytest.raises(ApiException) as missing:
+        v1.read_namespaced_config_map("settings", "default")
+    assert missing.value.status == 404
+
+    events = []
+    stream = watch.Watch()
+    for event in stream.stream(
+        v1.list_namespaced_config_map, "default", resource_version=since, timeout_seconds=1
+    ):
+        events.append(event)
+        if event["type"] == "DELETED":
+            stream.stop()
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]
+    assert events[-1]["object"].data == {"C": "3"}
+
+
+def test_an_immutable_config_map_rejects_changes_and_data_must_be_strings(cluster, v1):
+    body = {"metadata": {"name": "frozen"}, "data": {"A": "1"}, "immutable": True}
+    v1.create_namespaced_config_map("default", body)
+    with pytest.raises(ApiException) as frozen:
+        v1.patch_namespaced_config_map("frozen", "default", {"data": {"A": "2"}})
+    assert frozen.value.status == 422 and "immutable" in json.loads(frozen.value.body)["message"]
+    with pytest.raises(ApiException) as not_a_string:
+        v1.create_namespaced_config_map("default", {"metadata": {"name": "bad"}, "data": {"N": 1}})
+    assert not_a_string.value.status == 422

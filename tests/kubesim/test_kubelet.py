@@ -157,3 +157,74 @@ def test_a_second_delete_can_shorten_the_grace_period(cluster, v1):
     v1.delete_namespaced_pod("slow-to-stop", "default")  # 30 s grace
     v1.delete_namespaced_pod("slow-to-stop", "default", grace_period_seconds=1)
     assert cluster.wait_for_deletion("slow-to-stop", timeout=5).exit_code == 137
+
+
+PRINT_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
+
+
+def test_env_from_a_config_map_in_kubelet_order_env_last(cluster, v1):
+    data = {"A": "from-map", "B": "from-map", "1-not-a-name": "skipped"}
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "settings"}, "data": data})
+    container = {
+        "envFrom": [
+            {"configMapRef": {"name": "settings"}},
+            {"configMapRef": {"name": "settings"}, "prefix": "P_"},
+        ],
+        "env": [
+            {"name": "B", "value": "from-env"},
+            {"name": "C", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "A"}}},
+            {"name": "D", "value": "$(A)-expanded"},
+        ],
+    }
+    v1.create_namespaced_pod("default", python_pod("env-from", PRINT_ENV, container=container))
+    cluster.wait_for_pod("env-from", phase="Succeeded")
+    env = json.loads(cluster.logs("env-from"))
+    assert (env["A"], env["B"], env["C"], env["D"]) == (
+        "from-map",
+        "from-env",
+        "from-map",
+        "from-map-expanded",
+    )
+    assert (env["P_A"], env["P_B"]) == ("from-map", "from-map")
+    assert "1-not-a-name" not in env
+
+
+def test_optional_missing_config_maps_and_secrets_are_skipped(cluster, v1):
+    container = {
+        "envFrom": [
+            {"configMapRef": {"name": "absent", "optional": True}},
+            {"secretRef": {"name": "absent", "optional": True}},
+        ],
+        "env": [
+            {
+                "name": "X",
+                "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "x", "optional": True}},
+            }
+        ],
+    }
+    v1.create_namespaced_pod("default", python_pod("optional", PRINT_ENV, container=container))
+    cluster.wait_for_pod("optional", phase="Succeeded")
+    assert "X" not in json.loads(cluster.logs("optional"))
+
+
+def test_a_missing_config_map_holds_the_container_until_it_is_created(cluster, v1):
+    container = {"envFrom": [{"configMapRef": {"name": "late"}}]}
+    v1.create_namespaced_pod("default", python_pod("waits", PRINT_ENV, container=container))
+    cluster.wait_for(lambda: waiting_reason(cluster.pod("waits")) == "CreateContainerConfigError")
+    waiting = container_state(cluster.pod("waits"))["waiting"]
+    assert waiting["message"] == 'configmap "late" not found'
+    assert cluster.pod("waits")["status"]["phase"] == "Pending"
+
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "late"}, "data": {"READY": "yes"}})
+    cluster.wait_for_pod("waits", phase="Succeeded")
+    assert json.loads(cluster.logs("waits"))["READY"] == "yes"
+
+
+def test_a_missing_config_map_key_is_a_config_error(cluster, v1):
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "partial"}, "data": {"A": "1"}})
+    ref = {"configMapKeyRef": {"name": "partial", "key": "B"}}
+    container = {"env": [{"name": "B", "valueFrom": ref}]}
+    v1.create_namespaced_pod("default", python_pod("no-key", container=container))
+    cluster.wait_for(lambda: waiting_reason(cluster.pod("no-key")) == "CreateContainerConfigError")
+    message = container_state(cluster.pod("no-key"))["waiting"]["message"]
+    assert message == "couldn't find key B in ConfigMap default/partial"

@@ -1,0 +1,64 @@
+"""One harness cluster (two CPU nodes, one GPU node) with fanout's Airflow on it, for this package.
+
+Every test here is marked ``cluster`` and ``e2e``. ``FANOUT_CLUSTER_TEST_ENV`` (a JSON object)
+overrides settings of the components and the fanout-settings ConfigMap, which is how the
+tests were run against deliberately broken settings (tests/cluster/FIDELITY.md), e.g.
+``FANOUT_CLUSTER_TEST_ENV='{"FANOUT_RETRIES": "0"}' pytest tests/cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fanout.demo import PIPELINE
+from tests.cluster.stack import ClusterPipeline, cluster_pipeline, run_pipeline_on
+
+
+# Package scope: the cluster and Airflow stop once the last test here ran, not at the session's end.
+@pytest.fixture(scope="package")
+def cp(tmp_path_factory) -> Iterator[ClusterPipeline]:
+    extra_env = json.loads(os.environ.get("FANOUT_CLUSTER_TEST_ENV") or "{}")
+    with cluster_pipeline(tmp_path_factory.mktemp("cluster-pipeline"), extra_env=extra_env) as running:
+        yield running
+    assert not running.cluster.pod_processes(), "pod processes outlived the cluster"
+
+
+@dataclass
+class PipelineRun:
+    """The three runs of one undisturbed pipeline trigger."""
+
+    run_ids: dict[str, str]  # dag_id -> run_id
+    task_instances: dict[str, list[dict]]  # dag_id -> its task instances
+
+    def tis(self, dag_id: str, task_id: str) -> list[dict]:
+        return [ti for ti in self.task_instances[dag_id] if ti["task_id"] == task_id]
+
+
+@pytest.fixture(scope="package")
+def pipeline(cp: ClusterPipeline) -> PipelineRun:
+    """Trigger preprocessing once; the assets trigger training, then rendering."""
+    reports = run_pipeline_on(cp)
+    assert [(r.dag_id, r.state) for r in reports] == [(dag_id, "success") for dag_id in PIPELINE]
+    run_ids = {r.dag_id: r.run_id for r in reports}
+    # The last pods exit a moment after their tasks reported success (the supervisor's exit delay).
+    for dag_id, run_id in run_ids.items():
+        for record in cp.pods_of(dag_id, run_id):
+            cp.cluster.wait_for(
+                lambda r=record: r.finished_at, timeout=30, message=f"{record.name} never exited"
+            )
+    return PipelineRun(
+        run_ids, {dag_id: cp.client.task_instances(dag_id, run_id) for dag_id, run_id in run_ids.items()}
+    )
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(item.fspath).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.e2e)
