@@ -14,7 +14,10 @@ def values() -> dict:
 
 
 def test_every_task_is_a_pod_in_the_worker_namespace(values):
-    assert values["executor"].split(",")[0] == "KubernetesExecutor"
+    default_executor = values["executor"].split(",")[0]
+    assert default_executor == "fanout.executors.FanoutKubernetesExecutor"
+    # The official chart wires pod templates and RBAC when "KubernetesExecutor" is a substring.
+    assert "KubernetesExecutor" in default_executor
     assert values["config"]["kubernetes_executor"]["namespace"] == NAMESPACE
 
 
