@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo cluster-demo up test lint format clean helm helm-lint
+.PHONY: help venv demo cluster-demo up test lint format clean helm helm-lint bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ up: venv  ## keep a local Airflow running, web UI on http://127.0.0.1:8080 (Ctrl
 
 test: venv lint  ## run every test (unit, DAG integrity, end-to-end)
 	$(PY) -m pytest
+
+bench: venv  ## run every benchmark (~10 min on 2 cores): bench/results/<date>.json, table, bench/README.md
+	PYTHONPATH=plugins $(PY) -m bench
+
+bench-quick: venv  ## every benchmark at tiny sizes (< 2 min; make test runs it too)
+	PYTHONPATH=plugins $(PY) -m bench --quick
 
 lint: venv  ## ruff (including Airflow's AIR rules)
 	$(VENV)/bin/ruff check .

@@ -60,6 +60,8 @@ class AirflowStack:
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
+        # Components run with the home as working directory: a relative path would find nothing.
+        self.dags_folder = Path(self.dags_folder).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.parallelism = self.parallelism or (os.cpu_count() or 2)
@@ -116,6 +118,9 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # The task supervisor can sleep this long after its task exited before it notices,
+            # holding the executor slot (5 s by default, bench/README.md); 1 s bounds that.
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             # Each LocalExecutor slot gets an equal share of the cores, so parallel tasks that
             # size their thread/process pools from it do not oversubscribe the machine.
             "FANOUT_TASK_CPUS": str(max(1, cpus // self.parallelism)),

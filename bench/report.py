@@ -1,0 +1,131 @@
+"""The result file's targets and the markdown tables printed to the terminal and put in the README."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import dask_overhead, kernels, kubernetes, memory, orchestration, parse_time, speedup
+from bench.common import BENCH_DIR
+
+README = BENCH_DIR / "README.md"
+README_START = "<!-- latest-results:start -->"
+README_END = "<!-- latest-results:end -->"
+
+RUNTIME_LIMIT_S = {"full": 600, "quick": 120}
+
+# section name -> (targets, figures) of its module
+SECTIONS: dict[str, tuple[Callable | None, Callable | None]] = {
+    "speedup": (speedup.targets, speedup.figures),
+    "orchestration": (None, orchestration.figures),
+    "parse": (parse_time.targets, parse_time.figures),
+    "dask": (dask_overhead.targets, dask_overhead.figures),
+    "kernels": (None, kernels.figures),
+    "kubernetes": (None, kubernetes.figures),
+    "memory": (memory.targets, None),
+}
+
+
+def collect_targets(results: dict) -> list[dict]:
+    sections = results["sections"]
+    rows: list[dict] = []
+    for name, (targets, _) in SECTIONS.items():
+        section = sections.get(name) or {}
+        if section.get("status") != "ok":
+            continue
+        if name == "orchestration":
+            rows += orchestration.targets(section, sections.get("orchestration_whatif"))
+        elif targets:
+            rows += targets(section)
+    limit = RUNTIME_LIMIT_S[results["mode"]]
+    rows.append(
+        {
+            "id": "bench_runtime",
+            "benchmark": "bench",
+            "figure": f"`make bench{'-quick' if results['mode'] == 'quick' else ''}` runtime",
+            "value": results["duration_s"],
+            "unit": "s",
+            "target": f"< {limit} s",
+            "met": results["duration_s"] < limit,
+            "blocker": "the stacks' per-task overhead (see orchestration) multiplies every fan-out",
+        }
+    )
+    return rows
+
+
+def _value(row: dict) -> str:
+    value = row["value"]
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    unit = row["unit"]
+    return f"{value}{unit}" if unit == "x" else f"{value} {unit}".strip()
+
+
+def _status(row: dict) -> str:
+    return {True: "met", False: "**missed**", None: "n/a"}[row["met"]]
+
+
+def markdown(results: dict) -> str:
+    """The targets table, the figures table and, for every miss, what stands in the way."""
+    machine = results["machine"]
+    lines = [
+        f"fanout benchmarks, {results['mode']} mode, {results['date']}: {machine['cpus']} cores "
+        f"({machine['cpu_model']}), {machine['memory_gib']} GiB, load {machine['load_avg']} at start; "
+        f"Airflow {machine['airflow']}, torch {machine['torch']}, dask {machine['dask']}; "
+        f"{results['duration_s']:.0f} s in all.",
+        "",
+        "| Benchmark | Figure | Measured | Target | Status |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["targets"]:
+        note = f" ({row['note']})" if row.get("note") else ""
+        lines.append(
+            f"| {row['benchmark']} | {row['figure']}{note} | {_value(row)} | {row['target']} | {_status(row)} |"
+        )
+    lines += ["", "| Benchmark | Figure | Value |", "|---|---|---|"]
+    sections = results["sections"]
+    for name, (_, figures) in SECTIONS.items():
+        section = sections.get(name) or {}
+        status = section.get("status")
+        if status != "ok":
+            lines.append(f"| {name} | {status or 'not run'} | {section.get('reason', '')} |")
+            continue
+        rows = figures(section) if figures else []
+        if name == "orchestration" and (sections.get("orchestration_whatif") or {}).get("status") == "ok":
+            whatif = sections["orchestration_whatif"]
+            rows.append(
+                (
+                    f"no-op x{whatif['fanout']['n']} with Airflow's default min_heartbeat_interval (5 s)",
+                    f"{whatif['fanout']['wall_per_1000_tasks_s']} s per 1,000 tasks "
+                    f"(shipped 1 s is {whatif['shipped_speedup']}x faster); worker held p50/p95 "
+                    f"{whatif['fanout']['worker_hold_s']['p50']}/{whatif['fanout']['worker_hold_s']['p95']} s",
+                )
+            )
+        lines += [f"| {name} | {figure} | {value} |" for figure, value in rows]
+    misses = [row for row in results["targets"] if row["met"] is False and row.get("blocker")]
+    if misses:
+        lines += ["", "What stands in the way of each miss:", ""]
+        seen = set()
+        for row in misses:
+            if row["blocker"] in seen:
+                continue
+            seen.add(row["blocker"])
+            lines.append(f"- **{row['figure']}**: {row['blocker']}.")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str, result_path: Path) -> None:
+    """Put the latest table and a link to its JSON between the README's markers."""
+    if not README.exists():
+        return
+    text = README.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    resolved = result_path.resolve()
+    link = resolved.relative_to(BENCH_DIR) if resolved.is_relative_to(BENCH_DIR) else resolved
+    block = f"{README_START}\nLatest full run: [`{link}`]({link}).\n\n{table}{README_END}"
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    README.write_text(pattern.sub(lambda _: block, text))

@@ -1,0 +1,200 @@
+"""The benchmark run: every benchmark in order, the result JSON and the markdown table.
+
+Order matters for noise and time: benchmarks without Airflow first (parse, kernels, Dask, the
+Pool.map floors), then one stack with every core (orchestration, the demo-like pipeline for
+memory, the parallel fan-outs), one with parallelism 1 (the sequential fan-outs), the
+side-by-side what-if, and the KubernetesExecutor on the local cluster harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import (
+    common,
+    dask_overhead,
+    kernels,
+    kubernetes,
+    memory,
+    orchestration,
+    parse_time,
+    report,
+    speedup,
+)
+from bench.common import CPUS, RESULTS_DIR, log_to_stderr, run_section
+from bench.stack import (
+    AIRFLOW_DEFAULT_HEARTBEAT_INTERVAL_S,
+    SHIPPED_HEARTBEAT_INTERVAL_S,
+    bench_stack,
+    dag_processor_durations,
+)
+
+# The stack ships min_heartbeat_interval=1; the what-if measures Airflow's own default beside it.
+WHATIF_OVERRIDES = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": f"{AIRFLOW_DEFAULT_HEARTBEAT_INTERVAL_S:g}"}
+
+
+def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> dict:
+    started = time.monotonic()
+    results: dict = {
+        "schema": 1,
+        "mode": sizes.mode,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": common.machine(),
+        "sizes": common.sizes_dict(sizes),
+        "sections": {},
+    }
+    sections = results["sections"]
+
+    sections["parse"] = run_section("parse", lambda: parse_time.run(sizes.repeats), log)
+    sections["kernels"] = run_section(
+        "kernels", lambda: kernels.run(sizes.kernel_seconds, sizes.kernel_policies), log
+    )
+    sections["dask"] = run_section("dask", lambda: dask_overhead.run(sizes), log)
+
+    fanouts: dict[str, dict] = {name: {} for name in speedup.WORKLOADS}
+    failures: list[str] = []
+
+    def phase(name: str, fn: Callable[[], None]) -> None:
+        section = run_section(name, lambda: fn() or {}, log)
+        if section["status"] != "ok":
+            failures.append(f"{name}: {section['reason']}")
+
+    with tempfile.TemporaryDirectory(prefix="fanout-bench-shared-") as shared:
+        artifact_root = Path(shared)
+        shards: list[str] = []
+        phase("dataset", lambda: shards.extend(speedup.prepare_dataset(artifact_root, sizes)))
+
+        def pool_floors() -> None:
+            for name in fanouts:
+                fanouts[name]["pool_map"] = speedup.pool_floor(name, artifact_root, sizes, shards, repeats=1)
+
+        phase("pool-map floors", pool_floors)
+
+        def all_cores() -> None:
+            with bench_stack(
+                CPUS, sizes.stack_overrides, fanout_params=sizes.demo_params, artifact_root=artifact_root
+            ) as stack:
+                log(f"   stack with parallelism {CPUS} up in {stack.started_s:.1f} s")
+                sections["orchestration"] = run_section(
+                    "orchestration", lambda: orchestration.run(stack, sizes), log
+                )
+                if sizes.demo_params:
+                    sections["memory"] = run_section(
+                        "memory", lambda: memory.run_pipeline(stack, sizes.demo_params), log
+                    )
+                for name in fanouts:
+                    log(f"-- {name} fan-out, parallelism {CPUS}")
+                    fanouts[name]["parallel"] = speedup.airflow_fanout(stack, name, sizes)
+                if not sizes.demo_params:
+                    sections["memory"] = {
+                        "status": "ok",
+                        **memory.over_session(stack, "fan-outs of this stack (quick mode)"),
+                    }
+                sections["memory"]["session_peak_rss_mib"] = stack.monitor.window(0, float("inf"))[
+                    "peak_rss_mib"
+                ]
+                processor = dag_processor_durations(stack)
+                for entry in (sections["parse"] or {}).get("files", []):
+                    entry["dag_processor_s"] = processor.get(entry["file"])
+
+        phase(f"stack, parallelism {CPUS}", all_cores)
+
+        def sequential() -> None:
+            with bench_stack(1, sizes.stack_overrides, task_cpus=1, artifact_root=artifact_root) as stack:
+                log(f"   stack with parallelism 1 up in {stack.started_s:.1f} s")
+                for name in fanouts:
+                    log(f"-- {name} fan-out, parallelism 1")
+                    fanouts[name]["sequential"] = speedup.airflow_fanout(stack, name, sizes)
+
+        phase("stack, parallelism 1", sequential)
+
+        orchestration_section = sections.get("orchestration") or {}
+        whatif_fanouts: dict[str, dict] = {}
+        if sizes.whatif_noop and orchestration_section.get("status") == "ok":
+
+            def whatif() -> dict:
+                with bench_stack(CPUS, WHATIF_OVERRIDES, artifact_root=artifact_root) as stack:
+                    section = orchestration.whatif_section(
+                        stack, sizes.whatif_noop, sizes.noop_cap_s, orchestration_section
+                    )
+                    for name in sizes.whatif_fanouts:
+                        log(f"-- {name} fan-out, parallelism {CPUS}, {WHATIF_OVERRIDES}")
+                        whatif_fanouts[name] = speedup.airflow_fanout(stack, name, sizes)
+                    return section
+
+            sections["orchestration_whatif"] = run_section("orchestration what-if", whatif, log)
+
+    sections["speedup"] = _speedup_section(fanouts, failures)
+    if sections["speedup"]["status"] == "ok":
+        sections["speedup"]["whatif"] = whatif_fanouts
+        sections["speedup"]["min_heartbeat_interval_s"] = float(
+            sizes.stack_overrides.get(
+                "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", SHIPPED_HEARTBEAT_INTERVAL_S
+            )
+        )
+
+    local_fanout = next(
+        (
+            f
+            for f in orchestration_section.get("fanouts", [])
+            if f["n"] == sizes.kubernetes_noop and f["completed"]
+        ),
+        None,
+    )
+    sections["kubernetes"] = run_section(
+        "kubernetes",
+        lambda: kubernetes.run(sizes.kubernetes_noop, CPUS, local_fanout, sizes.stack_overrides),
+        log,
+    )
+
+    for name in ("orchestration", "memory"):
+        sections.setdefault(name, {"status": "error", "reason": "; ".join(failures) or "not run"})
+    results["failures"] = failures
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = report.collect_targets(results)
+    return results
+
+
+def _speedup_section(fanouts: dict[str, dict], failures: list[str]) -> dict:
+    section: dict = {"status": "ok"}
+    for name, parts in fanouts.items():
+        missing = {"pool_map", "sequential", "parallel"} - set(parts)
+        if missing:
+            return {
+                "status": "error",
+                "reason": f"{name}: no {', '.join(sorted(missing))} ({'; '.join(failures) or 'not run'})",
+            }
+        section[name] = speedup.compare(parts["sequential"], parts["parallel"], parts["pool_map"])
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: every code path in < 2 minutes")
+    parser.add_argument("--out", type=Path, help="result JSON (default bench/results/<date>[-quick].json)")
+    parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")
+    args = parser.parse_args(argv)
+    sizes = common.QUICK if args.quick else common.FULL
+    # Workload and Dask progress lines would bury the benchmark's own; warnings still show.
+    for name in ("distributed", "fanout", "airflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    log_to_stderr(f"fanout benchmarks, {sizes.mode} mode, {CPUS} cores")
+    results = run_all(sizes)
+    out = args.out or RESULTS_DIR / f"{results['date']}{'-quick' if args.quick else ''}.json"
+    common.write_json(out, results)
+    table = report.markdown(results)
+    print(table)
+    print(f"results: {out}")
+    if not args.quick and not args.no_readme:
+        report.update_readme(table, out)
+    errors = [name for name, s in results["sections"].items() if s.get("status") == "error"]
+    if errors:
+        log_to_stderr(f"benchmarks that failed: {', '.join(errors)}")
+    return 1 if errors else 0

@@ -1,0 +1,351 @@
+"""Parallel speedup: the same compute-heavy fan-out with parallelism 1 and with every core.
+
+Two fan-outs of the product DAGs run through the real scheduler: ``fanout_render`` (ray-traced
+chunks) and ``fanout_preprocess`` (featurised shards, on a dataset generated beforehand and
+passed as ``dataset_prefix``). Every task is pinned to one thread in both stacks, so the
+speedup is the fan-out's alone. The floor is what the seeds do: ``multiprocessing.Pool.map`` of
+the same work function (``render_chunk``, ``featurise_shard``) on the same inputs.
+
+The fan-out phase runs from the first mapped task's start to the last one's end; the run wall
+adds the plan and fan-in tasks. Achieved parallelism = summed mapped task durations / fan-out wall.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from bench.common import CPUS, alternate, cpu_snapshot, distribution, median, other_load, ratio, rnd, ts
+from bench.stack import BenchStack, heartbeat_interval, worker_hold_times
+
+RENDER_SEED = 3
+DATASET_SEED = 7
+DATASET_DIRT = 0.03
+
+
+def dataset_prefix(sizes) -> str:
+    return f"bench/rides-{sizes.preprocess_shards}x{sizes.preprocess_rows_per_shard}"
+
+
+def prepare_dataset(artifact_root: Path, sizes) -> list[str]:
+    """Raw shards every variant reads, generated once before anything is timed."""
+    from fanout import preprocess
+    from fanout.storage import ArtifactStore
+
+    summary = preprocess.generate_dataset(
+        ArtifactStore(str(artifact_root)),
+        dataset_prefix(sizes),
+        n_shards=sizes.preprocess_shards,
+        rows_per_shard=sizes.preprocess_rows_per_shard,
+        seed=DATASET_SEED,
+        dirt=DATASET_DIRT,
+    )
+    return summary["shards"]
+
+
+def render_conf(sizes) -> dict:
+    return {
+        "n_frames": sizes.render_chunks * sizes.render_frames_per_chunk,
+        "chunk_size": sizes.render_frames_per_chunk,
+        "width": sizes.render_width,
+        "height": sizes.render_height,
+        "samples": sizes.render_samples,
+        "seed": RENDER_SEED,
+        "model": "",
+    }
+
+
+def preprocess_conf(sizes) -> dict:
+    return {
+        "n_shards": sizes.preprocess_shards,
+        "rows_per_shard": sizes.preprocess_rows_per_shard,
+        "seed": DATASET_SEED,
+        "dirt": DATASET_DIRT,
+        "dataset_prefix": dataset_prefix(sizes),
+    }
+
+
+WORKLOADS = {
+    # name: (DAG, mapped task, conf builder)
+    "render": ("fanout_render", "render_chunk", render_conf),
+    "preprocess": ("fanout_preprocess", "featurise_shard", preprocess_conf),
+}
+
+
+# -- through the scheduler -------------------------------------------------------------------
+def airflow_fanout(bench: BenchStack, workload: str, sizes) -> dict:
+    dag_id, task_id, conf = WORKLOADS[workload]
+    run = bench.run_dag(dag_id, conf(sizes))
+    tis = run["task_instances"]
+    mapped = [t for t in tis if t["task_id"] == task_id and t["map_index"] >= 0]
+    starts = [ts(t["start_date"]) for t in mapped]
+    ends = [ts(t["end_date"]) for t in mapped]
+    durations = [e - s for s, e in zip(starts, ends, strict=True)]
+    fanout_wall = max(ends) - min(starts)
+    held = worker_hold_times(bench, {t["id"] for t in tis})
+    interval = heartbeat_interval(bench)
+    origin = min((ts(t["queued_when"]) for t in tis if t["queued_when"]), default=0.0)
+    return {
+        "parallelism": bench.parallelism,
+        "tasks": len(mapped),
+        "run_wall_s": rnd(run["wall_s"]),
+        "fanout_wall_s": rnd(fanout_wall),
+        "task_sum_s": rnd(sum(durations)),
+        "task_p50_s": rnd(median(durations)),
+        "achieved_parallelism": rnd(sum(durations) / fanout_wall),
+        # Tasks of the run (plan and fan-in included) that kept their worker a heartbeat
+        # interval longer than they ran: the slot sits idle meanwhile (see orchestration.py).
+        "held_a_heartbeat_interval": sum(h >= 0.9 * interval for h in held),
+        "tasks_in_run": len(tis),
+        "worker_hold_s": distribution(held),
+        "stack_cpu_s": run["resources"]["cpu_s"],
+        "stack_cpu_s_by_component": run["resources"].get("cpu_s_by_component"),
+        "other_load_cores": run["resources"].get("other_load_cores"),
+        "peak_rss_mib": run["resources"]["peak_rss_mib"],
+        # (task, map index, queued, start, end) in seconds from the first queued task: where the gaps are
+        "timeline": sorted(
+            (
+                t["task_id"],
+                t["map_index"],
+                rnd(ts(t["queued_when"]) - origin, 2),
+                rnd(ts(t["start_date"]) - origin, 2),
+                rnd(ts(t["end_date"]) - origin, 2),
+            )
+            for t in tis
+            if t["queued_when"] and t["start_date"] and t["end_date"]
+        ),
+    }
+
+
+def compare(sequential: dict, parallel: dict, pool: dict) -> dict:
+    speedup = ratio(sequential["fanout_wall_s"], parallel["fanout_wall_s"])
+    pool_per_job = ratio(pool["sequential_s"], sequential["tasks"])
+    return {
+        "sequential": sequential,
+        "parallel": parallel,
+        "speedup": rnd(speedup),
+        "efficiency": rnd(ratio(speedup, parallel["parallelism"])),
+        "run_speedup": rnd(ratio(sequential["run_wall_s"], parallel["run_wall_s"])),
+        # > 1 when tasks run slower side by side (shared caches, memory bandwidth, neighbours).
+        "task_slowdown": rnd(ratio(parallel["task_p50_s"], sequential["task_p50_s"])),
+        # What a task pays that a warm Pool worker paid once: interpreter, imports, DAG parse.
+        "task_startup_s": rnd(sequential["task_p50_s"] - pool_per_job if pool_per_job else None),
+        "pool_map": pool,
+    }
+
+
+# -- the floor: multiprocessing.Pool.map -----------------------------------------------------
+def _init_pool_worker() -> None:
+    """The same single-thread pinning as the Airflow tasks; start-up paid before the clock starts.
+
+    A warm pool is the floor: imports and torch's first-call set-up (a tiny frame) happen here.
+    """
+    os.environ["FANOUT_TASK_CPUS"] = "1"
+    os.environ["FANOUT_DEVICE"] = "cpu"
+    for module in ("fanout.preprocess", "fanout.train"):
+        importlib.import_module(module)
+    import torch
+
+    from fanout import render
+
+    torch.set_num_threads(1)
+    render.render_frame(0, n_frames=1, width=8, height=8, samples=1, seed=RENDER_SEED)
+
+
+def _render_work(job: tuple[str, str, dict]) -> float:
+    from fanout import render
+    from fanout.storage import ArtifactStore
+
+    root, unit, kwargs = job
+    return render.render_chunk(ArtifactStore(root), unit, **kwargs)["seconds"]
+
+
+def _preprocess_work(job: tuple[str, str, str]) -> float:
+    from fanout import preprocess
+    from fanout.storage import ArtifactStore
+
+    root, raw, unit = job
+    began = time.perf_counter()
+    preprocess.featurise_shard(ArtifactStore(root), raw, unit, cpus=1)
+    return time.perf_counter() - began
+
+
+def _warm(_: int) -> None:
+    time.sleep(0.05)
+
+
+def pool_jobs(workload: str, artifact_root: Path, sizes, shards: list[str], tag: str) -> tuple:
+    """(work function, jobs) writing to units unique to ``tag``, so nothing is skipped as done."""
+    root = str(artifact_root)
+    if workload == "render":
+        conf = render_conf(sizes)
+        per = sizes.render_frames_per_chunk
+        jobs = [
+            (
+                root,
+                f"pool/{tag}/chunk-{i:04d}",
+                {
+                    "start": i * per,
+                    "stop": (i + 1) * per,
+                    "n_frames": conf["n_frames"],
+                    "width": conf["width"],
+                    "height": conf["height"],
+                    "samples": conf["samples"],
+                    "seed": conf["seed"],
+                },
+            )
+            for i in range(sizes.render_chunks)
+        ]
+        return _render_work, jobs
+    return _preprocess_work, [(root, raw, f"pool/{tag}/{Path(raw).stem}") for raw in shards]
+
+
+def pool_floor(workload: str, artifact_root: Path, sizes, shards: list[str], repeats: int) -> dict:
+    """Pool.map with 1 process and with every core, alternated ``repeats`` times."""
+    # spawn, not fork: the parent has torch and its thread pools loaded by now.
+    context = multiprocessing.get_context("spawn")
+    pools = {n: context.Pool(n, initializer=_init_pool_worker) for n in (1, CPUS)}
+    try:
+        for n, pool in pools.items():
+            pool.map(_warm, range(4 * n), chunksize=1)
+        counter = iter(range(1_000_000))
+
+        def mapper(n: int):
+            def go() -> None:
+                fn, jobs = pool_jobs(
+                    workload, artifact_root, sizes, shards, f"{workload}-p{n}-{next(counter)}"
+                )
+                pools[n].map(fn, jobs, chunksize=1)
+
+            return go
+
+        before = cpu_snapshot()
+        times = alternate(repeats, sequential=mapper(1), parallel=mapper(CPUS))
+        load = other_load(before, cpu_snapshot())
+    finally:
+        for pool in pools.values():
+            pool.terminate()
+    sequential, parallel = median(times["sequential"]), median(times["parallel"])
+    speedup = ratio(sequential, parallel)
+    return {
+        "processes": CPUS,
+        "sequential_s": rnd(sequential),
+        "parallel_s": rnd(parallel),
+        "samples": {k: [rnd(v) for v in vs] for k, vs in times.items()},
+        "speedup": rnd(speedup),
+        "efficiency": rnd(ratio(speedup, CPUS)),
+        "other_load_cores": load,
+    }
+
+
+# -- targets ---------------------------------------------------------------------------------
+def _interval_text(section: dict) -> str:
+    return f"{section.get('min_heartbeat_interval_s', 5):g} s"
+
+
+def targets(section: dict) -> list[dict]:
+    """speedup >= 0.9 x cores (1.8x on 2), efficiency >= 0.9, within 10 % of Pool.map's speedup."""
+    rows = []
+    for workload in WORKLOADS:
+        entry = section.get(workload)
+        if not entry or "speedup" not in entry:
+            continue
+        airflow, pool = entry, entry["pool_map"]
+        seq, par = airflow["sequential"], airflow["parallel"]
+        cores = par["parallelism"]
+        overhead = (
+            f"achieved parallelism {par['achieved_parallelism']} of {cores}: {par['tasks']} mapped tasks of p50 "
+            f"{par['task_p50_s']} s took {par['fanout_wall_s']} s; {par['held_a_heartbeat_interval']} of the run's "
+            f"{par['tasks_in_run']} tasks held their worker ~{_interval_text(section)} after finishing (p=1: "
+            f"{seq['held_a_heartbeat_interval']} of {seq['tasks_in_run']}), leaving a slot idle"
+        )
+        whatif = section.get("whatif", {}).get(workload)
+        if whatif:
+            overhead += (
+                f"; with Airflow's default min_heartbeat_interval (5 s) the p={cores} fan-out took "
+                f"{whatif['fanout_wall_s']} s "
+                f"(achieved parallelism {whatif['achieved_parallelism']})"
+            )
+        if airflow["task_startup_s"] and airflow["task_startup_s"] > 0.2:
+            overhead += (
+                f"; each task spends ~{airflow['task_startup_s']} s starting (imports, DAG parse) that a warm "
+                "Pool worker paid once"
+            )
+        if airflow["task_slowdown"] and airflow["task_slowdown"] > 1.1:
+            overhead += (
+                f"; tasks ran {airflow['task_slowdown']}x slower side by side than alone (other processes kept "
+                f"{par['other_load_cores']} cores busy during the p={cores} run, {seq['other_load_cores']} during p=1)"
+            )
+        rows += [
+            {
+                "id": f"{workload}_speedup",
+                "benchmark": "speedup",
+                "figure": f"{workload} fan-out speedup, parallelism {cores} vs 1",
+                "value": airflow["speedup"],
+                "unit": "x",
+                "target": f">= {0.9 * cores:.1f}x",
+                "met": airflow["speedup"] is not None and airflow["speedup"] >= 0.9 * cores,
+                "blocker": overhead,
+                "note": f"sequential {seq['fanout_wall_s']} s, parallel {par['fanout_wall_s']} s",
+            },
+            {
+                "id": f"{workload}_efficiency",
+                "benchmark": "speedup",
+                "figure": f"{workload} parallel efficiency",
+                "value": airflow["efficiency"],
+                "unit": "",
+                "target": ">= 0.9",
+                "met": airflow["efficiency"] is not None and airflow["efficiency"] >= 0.9,
+                "blocker": overhead,
+            },
+            {
+                "id": f"{workload}_vs_pool",
+                "benchmark": "speedup",
+                "figure": f"{workload} speedup / Pool.map speedup ({pool['speedup']}x)",
+                "value": rnd(ratio(airflow["speedup"], pool["speedup"])),
+                "unit": "",
+                "target": ">= 0.9",
+                "met": (ratio(airflow["speedup"], pool["speedup"]) or 0) >= 0.9,
+                "blocker": overhead,
+            },
+        ]
+    return rows
+
+
+def figures(section: dict) -> list[tuple[str, str]]:
+    rows = []
+    for workload in WORKLOADS:
+        entry = section.get(workload)
+        if not entry or "speedup" not in entry:
+            continue
+        seq, par, pool = entry["sequential"], entry["parallel"], entry["pool_map"]
+        rows.append(
+            (
+                f"{workload}: fan-out wall p=1 / p={par['parallelism']}",
+                f"{seq['fanout_wall_s']} / {par['fanout_wall_s']} s ({par['tasks']} tasks of p50 "
+                f"{seq['task_p50_s']} / {par['task_p50_s']} s); whole run {seq['run_wall_s']} / {par['run_wall_s']} s "
+                f"({entry['run_speedup']}x); achieved parallelism {seq['achieved_parallelism']} / "
+                f"{par['achieved_parallelism']}; other processes' load {seq['other_load_cores']} / "
+                f"{par['other_load_cores']} cores",
+            )
+        )
+        rows.append(
+            (
+                f"{workload}: Pool.map 1 / {pool['processes']} processes",
+                f"{pool['sequential_s']} / {pool['parallel_s']} s ({pool['speedup']}x, efficiency {pool['efficiency']}); "
+                f"other processes' load {pool['other_load_cores']} cores",
+            )
+        )
+        whatif = section.get("whatif", {}).get(workload)
+        if whatif:
+            rows.append(
+                (
+                    f"{workload}: fan-out wall p={whatif['parallelism']} with min_heartbeat_interval=1",
+                    f"{whatif['fanout_wall_s']} s (shipped: {par['fanout_wall_s']} s); achieved parallelism "
+                    f"{whatif['achieved_parallelism']} (shipped: {par['achieved_parallelism']})",
+                )
+            )
+    return rows

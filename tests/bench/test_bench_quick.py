@@ -1,0 +1,78 @@
+"""``make bench-quick`` once, so the benchmarks never rot: it completes and writes a well-formed result.
+
+No timing is asserted: the numbers of a quick run on a shared CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = ("parse", "kernels", "dask", "speedup", "orchestration", "memory", "kubernetes")
+TARGET_IDS = {
+    "render_speedup",
+    "render_efficiency",
+    "render_vs_pool",
+    "preprocess_speedup",
+    "preprocess_efficiency",
+    "preprocess_vs_pool",
+    "noop_queued_to_success_p50",
+    "noop_1000_wall",
+    "dask_vs_pandas",
+    "peak_memory",
+    "bench_runtime",
+}
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(660)]  # starts real Airflow stacks
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    # tests/conftest.py configures Airflow for parsing DAGs in-process (unit-test mode, its own
+    # home); the benchmark's stacks must not inherit that.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_every_section_ran_or_says_why_not(quick_run):
+    result, _ = quick_run
+    assert result["mode"] == "quick"
+    assert result["machine"]["cpus"] >= 1
+    for name in SECTIONS:
+        section = result["sections"][name]
+        assert section["status"] in ("ok", "skipped"), (name, section.get("reason"), section.get("traceback"))
+        if section["status"] == "skipped":
+            assert section["reason"], name
+
+
+def test_every_target_is_reported_with_value_and_verdict(quick_run):
+    result, _ = quick_run
+    by_id = {row["id"]: row for row in result["targets"]}
+    assert by_id.keys() >= TARGET_IDS
+    assert any(key.startswith("parse_") for key in by_id)
+    for row in result["targets"]:
+        assert {"figure", "value", "unit", "target", "met"} <= row.keys(), row
+        assert row["met"] in (True, False, None), row
+
+
+def test_the_table_is_printed(quick_run):
+    _, stdout = quick_run
+    assert "| Benchmark | Figure | Measured | Target | Status |" in stdout
+    assert "| Benchmark | Figure | Value |" in stdout
