@@ -23,35 +23,10 @@ DAG_ID = "bench_noop"
 NAMESPACE = "airflow"
 
 
-def _pod_template(execution_api_url: str, dags_folder: Path, overrides: dict[str, str]) -> dict:
-    """What the chart gives every task pod, reduced to what the harness uses (as its smoke test)."""
-    env = {
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": execution_api_url,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        **overrides,  # the supervisor runs in the pod: its settings travel with the pod
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "placeholder"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "base",
-                    "image": "apache/airflow:3.3.2",
-                    "env": [{"name": k, "value": v} for k, v in env.items()],
-                    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
-                }
-            ],
-        },
-    }
-
-
 def run(n: int, parallelism: int, local_fanout: dict | None, overrides: dict[str, str] | None = None) -> dict:
     try:
         from tests.kubesim import Cluster
+        from tests.kubesim.testing import worker_pod_template
     except ImportError as exc:
         return skipped(f"harness not available: {exc}")
     from fanout.localstack import AirflowStack
@@ -70,7 +45,8 @@ def run(n: int, parallelism: int, local_fanout: dict | None, overrides: dict[str
             )
             template = workdir / "pod_template.yaml"
             template.write_text(
-                yaml.safe_dump(_pod_template(f"{stack.base_url}/execution/", dags, overrides or {}))
+                # The supervisor runs in the pod: the stack's overrides travel with the pod.
+                yaml.safe_dump(worker_pod_template(f"{stack.base_url}/execution/", str(dags), overrides))
             )
             stack.extra_env.update(
                 {
