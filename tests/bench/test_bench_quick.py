@@ -62,6 +62,13 @@ def test_every_section_ran_or_says_why_not(quick_run):
             assert section["reason"], name
 
 
+def test_the_kubernetes_benchmark_runs_on_the_harness_in_this_repo(quick_run):
+    """Only hardware may be missing (CUDA); the cluster harness ships here, so it must run."""
+    result, _ = quick_run
+    section = result["sections"]["kubernetes"]
+    assert section["status"] == "ok", (section.get("reason"), section.get("traceback"))
+
+
 def test_every_target_is_reported_with_value_and_verdict(quick_run):
     result, _ = quick_run
     by_id = {row["id"]: row for row in result["targets"]}
