@@ -166,11 +166,13 @@ def _zone_centroids() -> np.ndarray:
 ZONE_CENTROIDS_KM = _zone_centroids()
 
 
-def _is_rush_hour(hour: np.ndarray, is_weekend: np.ndarray) -> np.ndarray:
+def is_rush_hour(hour: np.ndarray, is_weekend: np.ndarray) -> np.ndarray:
+    """Weekday rush hours (7-10 h, 16-19 h): a feature, and a surcharge in the synthetic fare."""
     return ~is_weekend & (((hour >= 7) & (hour < 10)) | ((hour >= 16) & (hour < 19)))
 
 
-def _is_night(hour: np.ndarray) -> np.ndarray:
+def is_night(hour: np.ndarray) -> np.ndarray:
+    """Night hours (22-6 h): a feature, and a surcharge in the synthetic fare."""
     return (hour >= 22) | (hour < 6)
 
 
@@ -215,8 +217,8 @@ def _true_fare(distance, duration, hour, is_weekend, pickup_zone, dropoff_zone, 
     """Metered fare before noise: tiered distance, time, and surcharges (nonlinear on purpose)."""
     tiered = 1.8 * np.minimum(distance, 12.0) + 1.2 * np.clip(distance - 12.0, 0.0, None)
     surcharge = (
-        2.0 * _is_night(hour)
-        + 1.5 * _is_rush_hour(hour, is_weekend)
+        2.0 * is_night(hour)
+        + 1.5 * is_rush_hour(hour, is_weekend)
         + 12.5 * ((pickup_zone == AIRPORT_ZONE) | (dropoff_zone == AIRPORT_ZONE))
         + 4.0 * (passengers >= 5)
     )
@@ -256,7 +258,7 @@ def synthesise_shard(seed: int, shard_index: int, rows: int, dirt: float) -> tup
     weekday = (day + (_DATA_START.astype("datetime64[D]").astype(np.int64) + 3)) % 7  # Monday = 0
     is_weekend = weekday >= 5
 
-    speed = np.select([_is_rush_hour(hour, is_weekend), _is_night(hour)], [17.0, 35.0], 25.0)
+    speed = np.select([is_rush_hour(hour, is_weekend), is_night(hour)], [17.0, 35.0], 25.0)
     speed = speed * np.where(is_weekend, 1.15, 1.0) * rng.lognormal(0.0, 0.25, n)
     duration = distance / speed * 60.0 + rng.gamma(2.0, 0.75, n)  # plus pickup/drop-off time
     passengers = rng.choice(np.arange(1, 7), size=n, p=_PASSENGER_WEIGHTS)
@@ -596,8 +598,8 @@ def _label_partition(
             "dow_sin": np.sin(2 * np.pi * weekday / 7.0),
             "dow_cos": np.cos(2 * np.pi * weekday / 7.0),
             "is_weekend": is_weekend,
-            "is_rush_hour": _is_rush_hour(whole_hour, is_weekend),
-            "is_night": _is_night(whole_hour),
+            "is_rush_hour": is_rush_hour(whole_hour, is_weekend),
+            "is_night": is_night(whole_hour),
             "passengers": passengers,
             "pickup_x_km": pickup_xy[:, 0],
             "pickup_y_km": pickup_xy[:, 1],

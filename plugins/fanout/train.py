@@ -1005,14 +1005,6 @@ def surface_axes(bundle: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {"x": x_axis, "y": y_axis}
 
 
-# Hour-of-day flags as fanout.preprocess defines them (weekday rush hours, night): on the hour axis
-# they follow the hour, otherwise the model's surcharges would sit at their average everywhere.
-_HOUR_FLAGS = {
-    "is_rush_hour": lambda hour: ((hour >= 7) & (hour < 10)) | ((hour >= 16) & (hour < 19)),
-    "is_night": lambda hour: (hour >= 22) | (hour < 6),
-}
-
-
 def _grid_features(
     bundle: Mapping[str, Any], axes: Mapping[str, Mapping[str, Any]], values: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -1035,9 +1027,18 @@ def _grid_features(
             angle = 2 * np.pi * value / _HOUR_PERIOD
             sine, cosine = axis["columns"]
             features[sine], features[cosine] = np.sin(angle), np.cos(angle)
-            for flag, rule in _HOUR_FLAGS.items():
+            # The hour flags follow the hour too (a weekday), else the model's surcharges would sit
+            # at their average everywhere; preprocessing's own definitions, so the two cannot drift.
+            from fanout.preprocess import is_night, is_rush_hour
+
+            hour = np.floor(value)
+            flags = {
+                "is_rush_hour": is_rush_hour(hour, np.zeros(n_points, dtype=bool)),
+                "is_night": is_night(hour),
+            }
+            for flag, on in flags.items():
                 if flag in features:
-                    features[flag] = rule(np.floor(value)).astype(np.float64)
+                    features[flag] = on.astype(np.float64)
             if "is_weekend" in features:
                 features["is_weekend"] = np.zeros(n_points)
             continue
