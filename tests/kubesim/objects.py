@@ -138,18 +138,26 @@ def qos_class(pod: dict[str, Any]) -> str:
     return "Guaranteed" if guaranteed else "Burstable"
 
 
-def validate_and_default_pod(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """What the API server does to a pod on create: validation, defaulting and admission."""
-    pod = copy.deepcopy(pod)
-    pod["apiVersion"], pod["kind"] = "v1", "Pod"
-    meta = pod.setdefault("metadata", {})
+def _new_object(obj: dict[str, Any], kind: str, namespace: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A create request's copy with its type set, ``generateName`` resolved and namespace checked.
+
+    Returns the copy, its metadata and its name ("" when missing: the caller reports it).
+    """
+    obj = copy.deepcopy(obj)
+    obj["apiVersion"], obj["kind"] = "v1", kind
+    meta = obj.setdefault("metadata", {})
     if not meta.get("name") and meta.get("generateName"):
         meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
-    name = meta.get("name") or ""
     if meta.get("namespace") not in (None, "", namespace):
         raise bad_request(
             "the namespace of the provided object does not match the namespace sent on the request"
         )
+    return obj, meta, meta.get("name") or ""
+
+
+def validate_and_default_pod(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """What the API server does to a pod on create: validation, defaulting and admission."""
+    pod, meta, name = _new_object(pod, "Pod", namespace)
     causes = []
     if not name:
         causes.append("metadata.name: Required value: name or generateName is required")
@@ -335,16 +343,7 @@ def node_object(spec: NodeSpec) -> dict[str, Any]:
 
 def validate_config_map(config_map: dict[str, Any], namespace: str) -> dict[str, Any]:
     """What the API server does to a ConfigMap on create: string data, a name, its namespace."""
-    config_map = copy.deepcopy(config_map)
-    config_map["apiVersion"], config_map["kind"] = "v1", "ConfigMap"
-    meta = config_map.setdefault("metadata", {})
-    if not meta.get("name") and meta.get("generateName"):
-        meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
-    name = meta.get("name") or ""
-    if meta.get("namespace") not in (None, "", namespace):
-        raise bad_request(
-            "the namespace of the provided object does not match the namespace sent on the request"
-        )
+    config_map, meta, name = _new_object(config_map, "ConfigMap", namespace)
     causes = [] if name else ["metadata.name: Required value: name or generateName is required"]
     causes += config_map_data_errors(config_map)
     if causes:
