@@ -6,8 +6,6 @@ at module level. Workload modules (pandas, dask, torch) are imported inside task
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Generator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -15,7 +13,9 @@ from enum import StrEnum
 from typing import Any
 
 from airflow.sdk import Asset, Param, get_current_context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
+
+from fanout.settings import SettingsError, settings
 
 OWNER = "fanout"
 
@@ -41,41 +41,37 @@ VIDEO = Asset(name="fanout_video", uri="fanout://video")
 
 def default_args() -> dict[str, Any]:
     """Every task retries with exponential backoff: pods get preempted, nodes drain."""
-    delay = float(os.environ.get("FANOUT_RETRY_DELAY_SECONDS", "20"))
+    current = settings()
     return {
         "owner": OWNER,
-        "retries": int(os.environ.get("FANOUT_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=delay),
+        "retries": current.retries,
+        "retry_delay": timedelta(seconds=current.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
     }
 
 
-def _param_overrides(dag_id: str) -> dict[str, Any]:
-    """Deployment-wide default overrides: FANOUT_PARAMS='{"fanout_train": {"epochs": 2}}'.
-
-    Asset-triggered runs take their DAG's defaults, so this is how a deployment (or a test
-    stack) sizes the whole pipeline without editing DAG files.
-    """
-    raw = os.environ.get("FANOUT_PARAMS", "")
-    if not raw:
-        return {}
-    try:
-        overrides = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"FANOUT_PARAMS is not valid JSON: {err}") from None
-    return overrides.get(dag_id, {})
-
-
 def params(dag_id: str, **specs: Param) -> dict[str, Param]:
-    """The DAG's typed params, with defaults overridden from FANOUT_PARAMS where set."""
-    overrides = _param_overrides(dag_id)
+    """The DAG's typed params, with defaults overridden from FANOUT_PARAMS where set.
+
+    Asset-triggered runs take their DAG's defaults, so FANOUT_PARAMS is how a deployment (or a
+    test stack) sizes the whole pipeline without editing DAG files.
+    """
+    overrides = settings().params.get(dag_id, {})
     unknown = set(overrides) - set(specs)
     if unknown:
-        raise ValueError(f"FANOUT_PARAMS[{dag_id!r}] names unknown params: {sorted(unknown)}")
+        raise SettingsError(
+            f"FANOUT_PARAMS[{dag_id!r}] names unknown params {sorted(unknown)}; {dag_id}'s params: {sorted(specs)}"
+        )
     for name, value in overrides.items():
         old = specs[name]
-        specs[name] = Param(value, description=old.description, **old.schema)
+        try:
+            specs[name] = Param(value, description=old.description, **old.schema)
+            specs[name].resolve()  # validates the value against the param's schema
+        except ParamValidationError as err:
+            raise SettingsError(
+                f"FANOUT_PARAMS[{dag_id!r}][{name!r}]={value!r} is invalid: {str(err).splitlines()[0]}"
+            ) from None
     return specs
 
 

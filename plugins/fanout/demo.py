@@ -154,15 +154,17 @@ def make_stack(home: Path, port: int = 0) -> AirflowStack:
 
 def prepare(client: AirflowClient, stack: AirflowStack) -> None:
     """Create the GPU Airflow pool with the stack's settings, then wait for the DAGs."""
-    from fanout import pools
+    from fanout.settings import settings
 
-    name, slots = pools.gpu_airflow_pool(stack.env())
-    client.set_pool(name, slots, "GPU-sized tasks: trials and render chunks")
+    current = settings(stack.env())
+    client.set_pool(
+        current.gpu_airflow_pool, current.gpu_airflow_pool_slots, "GPU-sized tasks: trials and render chunks"
+    )
     client.wait_for_dags(list(PIPELINE))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fanout.config import settings
+    from fanout.settings import settings
 
     artifact_root = settings().artifact_root
     print(f"fanout demo: Airflow home {args.home}, artifacts in {artifact_root}", flush=True)

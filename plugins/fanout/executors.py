@@ -34,6 +34,8 @@ from airflow.utils.state import TaskInstanceState
 from kubernetes.client.rest import ApiException
 from sqlalchemy import select
 
+from fanout.pods import resolve_executor_config
+
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import (
@@ -126,7 +128,18 @@ def container_memory_limit(pod: Any, container_name: str) -> str | None:
 
 
 class FanoutKubernetesExecutor(KubernetesExecutor):
-    """The KubernetesExecutor, plus a readable reason for every failed worker pod."""
+    """The KubernetesExecutor, plus task sizes made into pods and a readable reason for every failed pod."""
+
+    def execute_async(self, key, command, queue=None, executor_config=None) -> None:
+        # DAG files name a size (fanout.pools.placement), not a pod: the pod is built here, so
+        # parsing never imports kubernetes and the settings are the scheduler's.
+        try:
+            config = resolve_executor_config(executor_config)
+        except ValueError as err:  # an unknown size or a bad setting: no pod can be made
+            self.log.error("Task %s: %s", key, err)
+            self.fail(key=key, info=f"fanout could not size the task's pod: {err}")
+            return
+        super().execute_async(key, command, queue=queue, executor_config=config)
 
     @provide_session
     def _change_state(self, results: KubernetesResults, *, session: Session = NEW_SESSION) -> None:

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fanout.config import available_cpus, settings
+from fanout.compute import available_cpus
 from fanout.errors import BadInputError
+from fanout.settings import settings
 from fanout.storage import MANIFEST, ArtifactStore
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fanout.config import available_cpus, torch_device
+from fanout.compute import available_cpus, torch_device
 from fanout.errors import BadInputError
 from fanout.storage import sha256_file
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import fsspec
 
-from fanout.config import settings
+from fanout.settings import settings
 
 MANIFEST = "_SUCCESS.json"
 _CHUNK = 1 << 20

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fanout.config import available_cpus, torch_device
+from fanout.compute import available_cpus, torch_device
 from fanout.errors import BadInputError
 from fanout.storage import ArtifactStore, sha256_file
 

@@ -13,7 +13,7 @@ from itertools import pairwise
 import pytest
 from kubernetes.utils import parse_quantity
 
-from fanout.pools import gpu_airflow_pool
+from fanout.settings import settings
 from tests.kubesim import GPU_RESOURCE, POOL_LABEL
 
 # DAG -> (planning task, mapped task, fan-in task)
@@ -120,7 +120,8 @@ def test_finished_pods_were_deleted_per_delete_worker_pods(cp, pipeline):
 
 
 def test_gpu_tasks_wait_for_the_single_gpu_in_the_airflow_pool_not_in_kubernetes(cp, pipeline):
-    pool_name, slots = gpu_airflow_pool(cp.stack.env())
+    stack_settings = settings(cp.stack.env())
+    pool_name, slots = stack_settings.gpu_airflow_pool, stack_settings.gpu_airflow_pool_slots
     gpu_tis = [ti for tis in pipeline.task_instances.values() for ti in tis if ti["pool"] == pool_name]
     assert {ti["task_id"] for ti in gpu_tis} == GPU_TASKS
     assert {(ti["state"], ti["try_number"]) for ti in gpu_tis} == {("success", 1)}

@@ -11,7 +11,8 @@ import jmespath
 import kubernetes_validate
 import pytest
 
-from fanout import pools
+from fanout import pods, pools
+from fanout.settings import settings
 from tests.packaging.helmkit import KUBE_VERSION, NAMESPACE, POD_TEMPLATE, ROOT
 
 # Sizes agreed for the three DAGs (fanout.pools.SIZES): cheap fan-in tasks ask for little.
@@ -75,8 +76,8 @@ def serialized_tasks(dagbag):
 
 def task_pods(serialized_tasks):
     for dag_id, task in serialized_tasks:
-        config = task.executor_config or {}
-        assert "pod_override" in config, f"{dag_id}.{task.task_id} has no executor_config pod_override"
+        assert pools.SIZE_KEY in (task.executor_config or {}), f"{dag_id}.{task.task_id} names no size"
+        config = pods.resolve_executor_config(task.executor_config)
         yield dag_id, task, build_pod(config["pod_override"], dag_id=dag_id, task_id=task.task_id)
 
 
@@ -167,7 +168,8 @@ def test_worker_template_is_what_the_harness_and_chart_expect():
 
 
 def spec_of(size: str) -> dict:
-    return build_pod(pools.placement(size)["executor_config"]["pod_override"])["spec"]
+    config = pods.resolve_executor_config(pools.placement(size)["executor_config"])
+    return build_pod(config["pod_override"])["spec"]
 
 
 def test_placement_of_a_gpu_size_takes_the_gpu_airflow_pool():
@@ -257,10 +259,7 @@ def test_artifact_pvc_and_object_store_secret_are_wired_into_task_pods(monkeypat
 def test_invalid_configuration_names_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
-        for size in pools.SIZES:
-            pools.placement(size)
-        pools.gpu_airflow_pool()
-        pools.light_task_executor()
+        settings()
 
 
 def test_unknown_size_lists_the_sizes():
@@ -269,7 +268,8 @@ def test_unknown_size_lists_the_sizes():
 
 
 def test_importing_pools_loads_nothing_heavy():
-    code = "import sys, fanout.pools; print(sorted(m for m in ('airflow', 'pandas', 'torch', 'dask') if m in sys.modules))"
+    heavy = ("airflow", "pandas", "torch", "dask", "kubernetes")
+    code = f"import sys, fanout.pools; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -153,3 +153,23 @@ def test_shutdown_kills_the_pod_watcher_instead_of_waiting_20_seconds_for_it(exe
     executor.kube_scheduler.kube_watchers = {"fanout-workers": watcher}
     executor.end()  # never started: the parent's end() has nothing else to do
     watcher.kill.assert_called_once_with()
+
+
+def test_a_task_size_becomes_its_pod_when_the_pod_is_made(executor):
+    executor.task_queue = mock.Mock()
+    executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "trial"})
+
+    job = executor.task_queue.put.call_args.args[0]
+    container = job.kube_executor_config.spec.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert job.kube_executor_config.metadata.labels == {"fanout.io/size": "trial", "fanout.io/pool": "gpu"}
+
+
+def test_an_unknown_task_size_fails_the_task_at_once_naming_the_sizes(executor):
+    executor.task_queue = mock.Mock()
+    executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "huge"})
+
+    executor.task_queue.put.assert_not_called()
+    state, info = executor.event_buffer[KEY]
+    assert state == TaskInstanceState.FAILED
+    assert "unknown task size 'huge'" in info and "bookkeeping" in info
