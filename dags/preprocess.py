@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from fanout.dagkit import FEATURES, OWNER, Tag, default_args, fail_fast, params, publish, run_prefix
+from fanout.dagkit import (
+    FEATURES,
+    OWNER,
+    Tag,
+    default_args,
+    fail_fast,
+    params,
+    publish,
+    refuse_unknown_conf,
+    run_prefix,
+)
+from fanout.keys import KEY_PATTERN
 from fanout.pools import placement
 
 DAG_ID = "fanout_preprocess"
@@ -32,7 +43,7 @@ DAG_ID = "fanout_preprocess"
         dataset_prefix=Param(
             "",
             type="string",
-            pattern=r"^[A-Za-z0-9._/-]*$",
+            pattern=KEY_PATTERN,
             description="Existing Parquet dataset under the artifact root; empty generates the synthetic one",
         ),
     ),
@@ -43,11 +54,13 @@ def fanout_preprocess():
     def ensure_dataset(params: dict | None = None) -> list[str]:
         """The raw shards to process: the user's dataset, or the seeded synthetic one."""
         from fanout import preprocess
+        from fanout.keys import check_key
         from fanout.storage import ArtifactStore
 
         store = ArtifactStore()
+        refuse_unknown_conf()
         with fail_fast():
-            prefix = params["dataset_prefix"]
+            prefix = check_key(params["dataset_prefix"], "param 'dataset_prefix'")
             if not prefix:
                 prefix = (
                     f"datasets/rides/seed{params['seed']}-{params['n_shards']}x{params['rows_per_shard']}"

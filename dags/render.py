@@ -17,9 +17,11 @@ from fanout.dagkit import (
     fail_fast,
     params,
     publish,
+    refuse_unknown_conf,
     run_prefix,
     triggering_extra,
 )
+from fanout.keys import KEY_PATTERN
 from fanout.pools import placement
 
 DAG_ID = "fanout_render"
@@ -45,6 +47,7 @@ DAG_ID = "fanout_render"
         model=Param(
             "",
             type="string",
+            pattern=KEY_PATTERN,
             description="Model whose prediction surface textures the floor; empty takes the triggering one",
         ),
     ),
@@ -53,11 +56,16 @@ DAG_ID = "fanout_render"
 def fanout_render():
     @task(**placement("bookkeeping"))
     def plan_chunks(params: dict | None = None) -> list[dict]:
-        from fanout import render
+        from fanout import render, train
+        from fanout.keys import check_key
+        from fanout.storage import ArtifactStore
 
+        refuse_unknown_conf()
         with fail_fast():
             chunks = render.plan_chunks(params["n_frames"], params["chunk_size"])
-        model = params["model"] or triggering_extra(MODEL, "model") or ""
+            model = params["model"] or triggering_extra(MODEL, "model") or ""
+            if model:  # checked once here: a bad model fails planning, not every chunk
+                train.load_model(ArtifactStore(), check_key(model, "param 'model'"), device="cpu")
         return [{**chunk, "model": model} for chunk in chunks]
 
     @task(**placement("frames"), multiple_outputs=False, max_active_tis_per_dagrun=16)

@@ -17,9 +17,11 @@ from fanout.dagkit import (
     fail_fast,
     params,
     publish,
+    refuse_unknown_conf,
     run_prefix,
     triggering_extra,
 )
+from fanout.keys import KEY_PATTERN
 from fanout.pools import placement
 
 DAG_ID = "fanout_train"
@@ -44,6 +46,7 @@ DAG_ID = "fanout_train"
         features_manifest=Param(
             "",
             type="string",
+            pattern=KEY_PATTERN,
             description="Features manifest to train on; empty takes the one that triggered this run",
         ),
     ),
@@ -54,14 +57,16 @@ def fanout_train():
     def plan_trials(params: dict | None = None) -> list[dict]:
         from fanout import train
         from fanout.errors import BadInputError
+        from fanout.keys import check_key
         from fanout.storage import ArtifactStore
 
+        refuse_unknown_conf()
         with fail_fast():
             manifest = params["features_manifest"] or triggering_extra(FEATURES, "manifest")
             if not manifest:
                 raise BadInputError("no features_manifest param and no triggering fanout_features event")
-            if not ArtifactStore().exists(manifest):
-                raise BadInputError(f"features manifest not found: {manifest}")
+            # Checked once here: a bad manifest fails planning, not every trial.
+            train.check_features_manifest(ArtifactStore(), check_key(manifest, "param 'features_manifest'"))
             trials = train.plan_trials(params["n_trials"], epochs=params["epochs"], seed=params["seed"])
         return [{"trial": t, "features_manifest": manifest, "max_rows": params["max_rows"]} for t in trials]
 

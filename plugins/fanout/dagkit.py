@@ -75,6 +75,21 @@ def params(dag_id: str, **specs: Param) -> dict[str, Param]:
     return specs
 
 
+def refuse_unknown_conf() -> None:
+    """Fail the run (no retries) when its conf names a key the DAG has no param for.
+
+    The api-server refuses such triggers already (``fanout.confguard``); this catches runs created
+    without it, e.g. by ``airflow dags trigger``. Called by each DAG's planning task.
+    """
+    from fanout.confguard import unknown_conf_keys
+
+    context = get_current_context()
+    dag = context["dag"]
+    problem = unknown_conf_keys(dag.dag_id, context["dag_run"].conf, dag.params.keys())
+    if problem:
+        raise AirflowFailException(f"bad input: {problem}")
+
+
 @contextmanager
 def fail_fast() -> Generator[None, None, None]:
     """Turn a workload's BadInputError into a failure that is not retried."""

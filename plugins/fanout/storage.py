@@ -27,6 +27,7 @@ from typing import Any
 
 import fsspec
 
+from fanout.keys import check_key
 from fanout.settings import settings
 
 MANIFEST = "_SUCCESS.json"
@@ -62,12 +63,14 @@ class ArtifactStore:
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
-        """The filesystem path (without protocol) of ``rel``."""
-        return f"{self._root}/{rel.strip('/')}" if rel else self._root
+        """The filesystem path (without protocol) of ``rel``, which must stay inside the root."""
+        check_key(rel)
+        return f"{self._root}/{rel.rstrip('/')}" if rel else self._root
 
     def uri(self, rel: str) -> str:
         """The full URI of ``rel``, for messages and for readers outside fanout."""
-        return f"{self.root_uri}/{rel.strip('/')}"
+        check_key(rel)
+        return f"{self.root_uri}/{rel.rstrip('/')}"
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))

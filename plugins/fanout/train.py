@@ -281,6 +281,11 @@ def _load_features_manifest(store: ArtifactStore, features_manifest: str) -> dic
     return manifest
 
 
+def check_features_manifest(store: ArtifactStore, features_manifest: str) -> dict[str, Any]:
+    """The preprocessing manifest, checked as training will read it (planning calls it once)."""
+    return _load_features_manifest(store, features_manifest)
+
+
 def _read_shard(
     store: ArtifactStore, shard: Mapping[str, Any], columns: list[str], manifest_rel: str
 ) -> np.ndarray:
@@ -661,15 +666,21 @@ def load_model(
     """(the model in eval mode on ``device``, its bundle: arch, feature columns, scaling, hyper-parameters)."""
     import torch
 
+    where = store.uri(model_rel)
     try:
         with store.local_copy(model_rel) as local:
             bundle = torch.load(local, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise BadInputError(f"model not found: {store.uri(model_rel)}") from None
+        raise BadInputError(f"model not found: {where}") from None
+    except Exception as exc:  # truncated or not a torch archive: reading it again will not help
+        raise BadInputError(f"{where} is not a readable {MODEL_FORMAT} model: {exc}") from None
     if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
-        raise BadInputError(f"{store.uri(model_rel)} is not a {MODEL_FORMAT} model")
-    model = build_mlp(bundle["arch"])
-    model.load_state_dict(bundle["state_dict"])
+        raise BadInputError(f"{where} is not a {MODEL_FORMAT} model")
+    try:
+        model = build_mlp(bundle["arch"])
+        model.load_state_dict(bundle["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise BadInputError(f"{where} is a damaged {MODEL_FORMAT} model: {exc}") from None
     return model.to(torch_device(device)).eval(), bundle
 
 

@@ -107,3 +107,23 @@ def test_dag_file_has_no_heavy_top_level_imports(path, record_property):
     record_property("parse_seconds", round(probe["seconds"], 4))
     heavy = sorted({m.split(".")[0] for m in probe["new_modules"]} & set(HEAVY_MODULES))
     assert heavy == [], f"{path.name} imports {heavy} at parse time"
+
+
+PATH_PARAMS = {
+    "fanout_preprocess": "dataset_prefix",
+    "fanout_train": "features_manifest",
+    "fanout_render": "model",
+}
+
+
+@pytest.mark.parametrize(("dag_id", "name"), PATH_PARAMS.items())
+def test_path_params_refuse_paths_outside_the_artifact_root_at_trigger(dagbag, dag_id, name):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from fanout.keys import KEY_PATTERN
+
+    param = dagbag.dags[dag_id].params.get_param(name)
+    assert param.schema.get("pattern") == KEY_PATTERN
+    for bad in ("../outside/ds", "/etc/passwd", "s3://elsewhere/x"):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import pytest
 
+from fanout.errors import BadInputError
+from fanout.keys import KEY_PATTERN, check_key
 from fanout.storage import MANIFEST, ArtifactStore, safe_key
 
 
@@ -106,3 +109,48 @@ def test_local_store_writes_through_a_rename_in_the_same_directory(tmp_path, mon
 def test_safe_key_makes_run_ids_path_components(run_id, key):
     assert safe_key(run_id) == key
     assert "/" not in safe_key(run_id)
+
+
+# -- user-supplied paths never leave the artifact root -----------------------------------------
+
+ESCAPES = [
+    "../outside/ds",
+    "a/../../b",
+    "..",
+    "a/..",
+    "/etc/passwd",
+    "s3://other-bucket/x",
+    "c:/x",
+    "a\\..\\b",
+]
+
+
+@pytest.mark.parametrize("rel", ESCAPES)
+def test_every_store_operation_refuses_a_path_outside_the_root(tmp_path, rel):
+    store = ArtifactStore(str(tmp_path / "root"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "ds").write_text("secret")
+    for operation in (store.exists, store.read_bytes, store.listdir, store.verified, store.uri):
+        with pytest.raises(BadInputError, match="relative to the artifact root"):
+            operation(rel)
+    with pytest.raises(BadInputError):
+        store.write_bytes(rel, b"x")
+    assert (tmp_path / "outside" / "ds").read_text() == "secret"
+
+
+@pytest.mark.parametrize("rel", ESCAPES)
+def test_the_param_pattern_refuses_what_the_store_refuses(rel):
+    assert not re.match(KEY_PATTERN, rel)
+
+
+@pytest.mark.parametrize(
+    "rel", ["datasets/rides/seed7", "preprocess/run_1/merged/manifest.json", "a..b/c", ""]
+)
+def test_ordinary_relative_keys_pass_both_checks(rel):
+    assert re.match(KEY_PATTERN, rel)
+    assert check_key(rel) == rel
+
+
+def test_the_error_names_what_was_given():
+    with pytest.raises(BadInputError, match=r"param 'model' '\.\./m\.pt' contains '\.\.'"):
+        check_key("../m.pt", what="param 'model'")
