@@ -1,8 +1,10 @@
-"""Helpers of the packaging tests: render helm/fanout and find the project files.
+"""Helpers of the packaging tests: render helm/fanout (and the official chart) and find the files.
 
 ``render_chart(values, show_only)`` runs ``helm template`` (helm from helm/get-helm.sh, fetched
 once per machine into .tools/) and returns the rendered objects; a test then asserts one
 behaviour with a jmespath query, as the official Airflow chart's helm-tests do.
+``render_official_chart(chart_dir)`` renders the official Apache Airflow chart from a directory
+exactly as the README installs it (helm/airflow-values.yaml, --set-file podTemplate=...).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,9 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "fanout"
 POD_TEMPLATE = ROOT / "helm" / "pod-template.yaml"
 AIRFLOW_VALUES = ROOT / "helm" / "airflow-values.yaml"
+NAMESPACES = ROOT / "helm" / "namespaces.yaml"
+PGBOUNCER_INI = ROOT / "helm" / "pgbouncer.ini"
 RELEASE, NAMESPACE = "fanout", "fanout-workers"
-# Kubernetes version whose OpenAPI schema every object is validated against (kubernetes-validate).
-KUBE_VERSION = "1.35"
+AIRFLOW_RELEASE, AIRFLOW_NAMESPACE = "airflow", "airflow"
+# Kubernetes versions whose OpenAPI schemas objects are validated against (kubernetes-validate):
+# the oldest the charts support (Chart.yaml kubeVersion) and a current one.
+KUBE_VERSIONS = ("1.30", "1.35")
+KUBE_VERSION = KUBE_VERSIONS[-1]
 
 
 @functools.cache
@@ -70,3 +78,33 @@ def render_chart(values: dict | None = None, show_only: list[str] | None = None)
     """Render helm/fanout with ``values`` (only ``show_only`` templates, if given): the objects."""
     text = _render(json.dumps(values or {}, sort_keys=True), tuple(show_only or ()))
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render_official_chart(chart_dir: Path, values: dict | None = None) -> list[dict]:
+    """Render the official Airflow chart in ``chart_dir`` as the README installs it, plus ``values``.
+
+    A source checkout has no charts/ subcharts (its only one, the bundled PostgreSQL, is disabled
+    here); helm refuses to render without them, so such a chart is rendered from a copy without
+    the dependency. A released chart (helm pull) renders as it is.
+    """
+    chart_dir = Path(chart_dir)
+    chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
+    missing = [
+        dep["name"]
+        for dep in chart.get("dependencies") or []
+        if not any((chart_dir / "charts").glob(f"{dep['name']}*"))
+    ]
+    with tempfile.TemporaryDirectory(prefix="fanout-official-chart-") as tmp:
+        if missing:
+            copy = Path(tmp) / "airflow"
+            shutil.copytree(chart_dir, copy, ignore=shutil.ignore_patterns("tests", "docs", "newsfragments"))
+            chart["dependencies"] = [d for d in chart["dependencies"] if d["name"] not in missing]
+            (copy / "Chart.yaml").write_text(yaml.safe_dump(chart))
+            (copy / "Chart.lock").unlink(missing_ok=True)
+            chart_dir = copy
+        args = ["template", AIRFLOW_RELEASE, str(chart_dir), "--namespace", AIRFLOW_NAMESPACE]
+        args += ["--values", str(AIRFLOW_VALUES), "--set-file", f"podTemplate={POD_TEMPLATE}"]
+        result = run_helm(*args, values=values)
+    if result.returncode:
+        raise HelmError(result.stderr)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

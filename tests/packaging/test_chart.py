@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.packaging.helmkit import CHART, KUBE_VERSION, NAMESPACE, HelmError, render_chart, run_helm
+from tests.packaging.helmkit import CHART, KUBE_VERSIONS, NAMESPACE, HelmError, render_chart, run_helm
 
 GKE = {
     "nodePools": {
@@ -56,12 +56,13 @@ def of_kind(objects: list[dict], kind: str) -> list[dict]:
     return [obj for obj in objects if obj["kind"] == kind]
 
 
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_every_object_is_valid_kubernetes(values):
+def test_every_object_is_valid_kubernetes(values, kube_version):
     objects = render_chart(values)
     assert objects
     for obj in objects:
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(obj, kube_version, strict=True)
 
 
 @pytest.mark.parametrize("values", [{}, PVC], ids=["default", "pvc-storage"])
@@ -251,7 +252,9 @@ def test_pvc_storage_is_a_read_write_many_claim_mounted_by_dask_and_named_for_ta
     data = settings(PVC)
     assert data["FANOUT_ARTIFACT_PVC"] == claim["metadata"]["name"]
     assert data["FANOUT_ARTIFACT_ROOT"] == "/mnt/fanout-artifacts"
-    (worker,) = [obj for obj in objects if obj["metadata"]["name"] == "fanout-dask-worker"]
+    (worker,) = [
+        obj for obj in of_kind(objects, "Deployment") if obj["metadata"]["name"] == "fanout-dask-worker"
+    ]
     assert jmespath.search(
         "spec.template.spec.volumes[?name=='artifacts'].persistentVolumeClaim.claimName", worker
     ) == [claim["metadata"]["name"]]
@@ -338,3 +341,37 @@ def test_values_yaml_is_yamllint_clean():
         problems = list(linter.run(path.read_text(), config, str(path)))
         assert not problems, [str(p) for p in problems]
     assert yaml.safe_load((CHART / "Chart.yaml").read_text())["name"] == "fanout"
+
+
+def test_api_server_may_read_triggerer_logs_in_the_airflow_namespace():
+    (policy,) = render_chart(
+        show_only=["templates/networkpolicies/airflow-triggerer-logs-networkpolicy.yaml"]
+    )
+    assert policy["metadata"]["namespace"] == "airflow"
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "tier": "airflow",
+        "component": "triggerer",
+        "release": "airflow",
+    }
+    assert (
+        jmespath.search("spec.ingress[0].from[0].podSelector.matchLabels.component", policy) == "api-server"
+    )
+    assert jmespath.search("spec.ingress[0].ports[0].port", policy) == 8794
+
+
+def test_triggerer_logs_policy_follows_the_airflow_release_and_can_be_dropped():
+    values = {"airflow": {"releaseName": "af", "namespace": "orchestration"}}
+    (policy,) = render_chart(values, ["templates/networkpolicies/airflow-triggerer-logs-networkpolicy.yaml"])
+    assert policy["metadata"]["namespace"] == "orchestration"
+    assert jmespath.search("spec.ingress[0].from[0].podSelector.matchLabels.release", policy) == "af"
+    off = {"networkPolicies": {"triggererLogs": {"enabled": False}}}
+    assert not [obj for obj in render_chart(off) if obj["metadata"]["name"].endswith("triggerer-logs")]
+
+
+def test_extra_settings_are_added_to_the_settings():
+    assert settings({"extraSettings": {"FANOUT_SHARD_ROWS": "500000"}})["FANOUT_SHARD_ROWS"] == "500000"
+
+
+def test_extra_settings_may_not_replace_a_setting_made_from_values():
+    with pytest.raises(HelmError, match=r"extraSettings\.FANOUT_DEVICE is a setting the chart makes"):
+        render_chart({"extraSettings": {"FANOUT_DEVICE": "cuda"}})
