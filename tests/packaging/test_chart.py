@@ -375,3 +375,15 @@ def test_extra_settings_are_added_to_the_settings():
 def test_extra_settings_may_not_replace_a_setting_made_from_values():
     with pytest.raises(HelmError, match=r"extraSettings\.FANOUT_DEVICE is a setting the chart makes"):
         render_chart({"extraSettings": {"FANOUT_DEVICE": "cuda"}})
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_fanout_setting_the_chart_makes_is_one_fanout_reads_and_accepts(values):
+    from fanout.settings import Settings, env_name
+    from fanout.settings import settings as load_settings
+
+    data = settings(values)
+    known = {env_name(field) for field in Settings.model_fields}
+    assert {key for key in data if key.startswith("FANOUT_")} <= known
+    loaded = load_settings(data)  # raises SettingsError naming a value fanout cannot use
+    assert loaded.artifact_root == data["FANOUT_ARTIFACT_ROOT"]

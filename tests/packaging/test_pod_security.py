@@ -151,7 +151,7 @@ def task_pod(size: str) -> dict:
     from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
     from kubernetes.client import ApiClient
 
-    from fanout import pools
+    from fanout.pods import pod_override
 
     pod = PodGenerator.construct_pod(
         dag_id="d",
@@ -161,7 +161,7 @@ def task_pod(size: str) -> dict:
         kube_image="fanout-airflow:0.1.0",
         date=None,
         args=["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string", "{}"],
-        pod_override_object=pools.pod_override(size),
+        pod_override_object=pod_override(size),
         base_worker_pod=PodGenerator.deserialize_model_file(str(POD_TEMPLATE)),
         namespace=NAMESPACE,
         scheduler_job_id="1",
