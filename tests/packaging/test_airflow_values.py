@@ -166,9 +166,16 @@ def test_database_cleanup_removes_a_month_and_older_daily_without_archive_tables
     assert every_day == ["*", "*", "*"] and 0 <= int(hour) < 24
 
 
+def airflow_option(values: dict, section: str, key: str) -> int:
+    """A [section] key as the values set it, else Airflow's default."""
+    from airflow.configuration import conf
+
+    return int(values["config"].get(section, {}).get(key, conf.get_default_value(section, key)))
+
+
 def airflow_processes(values: dict) -> int:
     """Airflow processes holding database pools at once (jobs: migration and cleanup)."""
-    api_workers = int(values["config"].get("api", {}).get("workers", 1))
+    api_workers = airflow_option(values, "api", "workers")
     components = {
         "scheduler": values["scheduler"]["replicas"],
         "apiServer": values["apiServer"]["replicas"] * api_workers,
@@ -179,8 +186,9 @@ def airflow_processes(values: dict) -> int:
 
 
 def test_pgbouncer_takes_every_airflow_connection_and_keeps_the_database_small(values, pgbouncer):
-    database = values["config"]["database"]
-    per_engine = int(database["sql_alchemy_pool_size"]) + int(database["sql_alchemy_max_overflow"])
+    per_engine = airflow_option(values, "database", "sql_alchemy_pool_size") + airflow_option(
+        values, "database", "sql_alchemy_max_overflow"
+    )
     bouncer = pgbouncer["pgbouncer"]
     # Each process has a sync and an async engine; one PgBouncer may get every client (the
     # Service does not balance connections evenly).
