@@ -64,12 +64,6 @@ def named(objects: list[dict], kind: str) -> dict[str, dict]:
     return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
 
 
-def pod_template(obj: dict) -> dict:
-    return dict((name, spec) for name, _, spec in pod_specs([obj]))[
-        f"{obj['kind']}/{obj['metadata']['name']}"
-    ]
-
-
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_every_rendered_object_is_valid_kubernetes(objects, kube_version):
     for obj in objects:
