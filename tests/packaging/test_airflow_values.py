@@ -132,10 +132,15 @@ def test_triggerer_keeps_no_log_volume_and_advertises_an_address_the_api_server_
     )
 
 
-def test_the_ip_hostname_callable_exists_in_this_airflow():
-    from airflow.utils.net import get_host_ip_address
+def test_the_triggerers_hostname_callable_is_importable_and_returns_an_address(values):
+    import importlib
+    import ipaddress
 
-    assert get_host_ip_address()
+    (path,) = [
+        e["value"] for e in values["triggerer"]["env"] if e["name"] == "AIRFLOW__CORE__HOSTNAME_CALLABLE"
+    ]
+    module, _, name = path.rpartition(".")
+    assert ipaddress.ip_address(getattr(importlib.import_module(module), name)())
 
 
 def test_api_server_admits_task_pods_airflow_and_labelled_ingress_namespaces(values):
