@@ -13,11 +13,13 @@ turns the size into the pod's node pool, resources and GPU when it creates the p
 (``fanout.pods.pod_override``); the LocalExecutor ignores it.
 
 Pool labels, taints and names come from ``fanout.settings`` (the README's "Settings" table).
+``SIZES`` are the defaults; a deployment sizes tasks to its nodes with ``FANOUT_TASK_SIZES``
+(``helm/fanout`` value ``taskSizes``), which ``size_of`` applies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fanout.settings import settings
 
@@ -83,10 +85,13 @@ LIGHT_SIZES = frozenset({"bookkeeping"})
 
 
 def size_of(size: str) -> Size:
+    """The size as this deployment has it: the table's, with ``FANOUT_TASK_SIZES`` applied."""
     try:
-        return SIZES[size]
+        spec = SIZES[size]
     except KeyError:
         raise ValueError(f"unknown task size {size!r}; sizes: {', '.join(SIZES)}") from None
+    override = settings().task_sizes.get(size)
+    return replace(spec, **override.model_dump(exclude_none=True)) if override else spec
 
 
 def pool_of(size: str) -> str:

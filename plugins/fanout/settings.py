@@ -18,10 +18,19 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 # plugins/fanout/settings.py -> repository (or image) root
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +95,56 @@ def _parse_json(raw: Any) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as err:
         raise ValueError(f"not valid JSON ({err})") from None
+
+
+# Kubernetes resource quantities as task sizes use them: CPUs ("2", "0.5", "500m") and bytes
+# ("768Mi", "4Gi", "1G", "1500000000").
+_CPU_QUANTITY = re.compile(r"^(?P<number>\d+(\.\d+)?)(?P<suffix>m?)$")
+_BYTE_QUANTITY = re.compile(r"^(?P<number>\d+(\.\d+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_BYTE_SUFFIXES = {
+    "": 1,
+    **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000 ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A CPU or byte quantity as a number (CPUs or bytes), e.g. ``500m`` -> 0.5, ``1Ki`` -> 1024."""
+    if match := _CPU_QUANTITY.match(value):
+        number = Decimal(match["number"])
+        return number / 1000 if match["suffix"] else number
+    if match := _BYTE_QUANTITY.match(value):
+        return Decimal(match["number"]) * _BYTE_SUFFIXES[match["suffix"] or ""]
+    raise ValueError(f"{value!r} is not a Kubernetes quantity")
+
+
+def _positive_quantity(pattern: re.Pattern[str], example: str):
+    def check(value: str) -> str:
+        try:
+            positive = pattern.match(value) is not None and parse_quantity(value) > 0
+        except (ValueError, InvalidOperation):
+            positive = False
+        if not positive:
+            raise ValueError(f"{value!r} is not a quantity > 0 such as {example}")
+        return value
+
+    return AfterValidator(check)
+
+
+CpuQuantity = Annotated[str, _positive_quantity(_CPU_QUANTITY, "500m or 2")]
+ByteQuantity = Annotated[str, _positive_quantity(_BYTE_QUANTITY, "768Mi or 4Gi")]
+
+
+class SizeOverride(BaseModel):
+    """A deployment's changes to one task size (``fanout.pools.Size``): requests and limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: CpuQuantity | None = None
+    cpu_limit: CpuQuantity | None = None
+    memory: ByteQuantity | None = None
+    shm: ByteQuantity | None = None
+    ephemeral_storage: ByteQuantity | None = None
 
 
 def _setting(env: str, form: str, default: Any = None, **constraints: Any) -> Any:
@@ -186,6 +245,12 @@ class Settings(BaseModel):
     artifact_pvc: ObjectName = _setting(
         "FANOUT_ARTIFACT_PVC", "a Kubernetes object name (lower-case letters, digits, '-', '.')"
     )
+    task_sizes: Annotated[dict[str, SizeOverride], BeforeValidator(_parse_json)] = _setting(
+        "FANOUT_TASK_SIZES",
+        "a JSON object of task size -> {cpu, cpu_limit, memory, shm, ephemeral_storage: a Kubernetes "
+        'quantity}, e.g. {"trial": {"cpu": "2", "cpu_limit": "2", "memory": "6Gi"}}',
+        {},
+    )
 
     @model_validator(mode="after")
     def _pvc_needs_a_mount_point(self) -> Settings:
@@ -195,6 +260,22 @@ class Settings(BaseModel):
                 self.artifact_root,
                 "an absolute path (the mount point) when FANOUT_ARTIFACT_PVC is set",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _task_sizes_exist_and_fit_their_limits(self) -> Settings:
+        from fanout.pools import SIZES  # pools reads these settings: import it only when validating
+
+        for name, override in self.task_sizes.items():
+            if name not in SIZES:
+                problem = f"unknown task size {name!r}; sizes: {', '.join(SIZES)}"
+            else:
+                cpu = override.cpu or SIZES[name].cpu
+                cpu_limit = override.cpu_limit or SIZES[name].cpu_limit
+                if parse_quantity(cpu) <= parse_quantity(cpu_limit):
+                    continue
+                problem = f"{name}: the CPU request {cpu} is above the CPU limit {cpu_limit}"
+            raise _FieldError("task_sizes", None, f"{_form('task_sizes')} ({problem})")
         return self
 
 
@@ -245,11 +326,14 @@ def _explain(err: ValidationError, values: Mapping[str, Any]) -> SettingsError:
     for error in err.errors():
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, _FieldError):
-            field, value, form = cause.field, cause.value, cause.form
+            field, form = cause.field, cause.form
+            value = values.get(field, cause.value)  # as the variable was written
         else:
             field = str(error["loc"][0]) if error["loc"] else ""
             value, form = values.get(field), _form(field) if field in Settings.model_fields else ""
             detail = error["msg"].removeprefix("Value error, ")
+            if len(error["loc"]) > 1:  # inside a JSON value: say where, e.g. trial.memory
+                detail = f"{'.'.join(str(part) for part in error['loc'][1:])}: {detail}"
             form = f"{form} ({detail})"
         lines.append(f"{env_name(field)}={value!r} is invalid: expected {form}")
     return SettingsError("; ".join(lines))
