@@ -1,15 +1,29 @@
-"""fanout's KubernetesExecutor: when a worker pod fails, say why in words a user understands.
+"""fanout's KubernetesExecutor: tasks sized to the deployment's nodes, and every failed pod explained.
 
-The stock executor reports a failed pod as "Pod failed because of None" whenever the pod itself
-has no reason, which is the case for the most common failure, an OOMKilled container: the reason
-sits in the container status (apache/airflow#73164). ``FanoutKubernetesExecutor`` turns the
-failure details the executor's watcher already collected into one sentence (what happened, the
-memory limit it hit, what to do) and puts it where users look:
+What ``FanoutKubernetesExecutor`` adds to the provider's KubernetesExecutor:
 
-- the task instance's **note** (shown on the task instance in the UI and in the REST API), one
-  line per failed try, e.g. "Try 1: worker pod airflow/fanout-train-... ran out of memory ...";
-- the executor event's info, which the scheduler writes to the task instance's **audit log**
-  ("state mismatch" event) and passes to failure callbacks as their message.
+- **Sizes become pods when the pod is made** (``execute_async``): a task names a size
+  (``fanout.pools.placement``); ``fanout.pods`` turns it into the pod override, with this
+  deployment's ``FANOUT_TASK_SIZES``. A size no node of its pool could hold (requests above every
+  node's allocatable) fails the task at once, saying what it asks and what the nodes offer,
+  instead of a pod Pending until ``task_queued_timeout``; as an unknown size does. Neither spends a
+  retry: the executor lowers the try's ``max_tries`` so the scheduler fails it for good.
+- **A task process killed inside its pod ends the try within seconds.** The pod's command
+  (``fanout.taskpod``) fails the pod when the supervisor's task process was killed (the kernel's
+  OOM killer, ``kill -9``) or exited without reporting; a pod that still ``Succeeded`` while its
+  task instance is ``running`` (another image's command; a supervisor stopped by SIGTERM) is
+  treated the same way. Without this, Airflow 3.3.2 leaves such a try ``running`` until the
+  heartbeat timeout (apache/airflow#70572) and deletes the pod as a success.
+- **Every failed pod is explained** (``fanout.failures``): one sentence, e.g. "OOMKilled: the task
+  process exceeded the pod's memory limit 768Mi, ..." instead of "Pod failed because of None"
+  (apache/airflow#73164), in:
+
+  - the task instance's **note** (UI, REST API), one line per failed try: "Try 1: ...";
+  - the **audit log**: an event ``worker pod failed`` per failed pod, and the executor event's info,
+    which the scheduler adds to its own ``state mismatch`` event and passes to failure callbacks;
+  - the kept pod itself: label and annotation ``fanout.io/failure`` (the cause; the structured
+    record), where a later try can read what ended this one. The pod is also labelled
+    ``airflow_executor_done=True``, so restarted schedulers stop trying to adopt it.
 
 Pods that fail before the task started are requeued without spending a retry by the provider
 itself (``[kubernetes_executor] pod_launch_failure_retries``, apache/airflow#69052); such a
@@ -22,89 +36,37 @@ Configure it by module path, everything else as for the KubernetesExecutor::
 
 Airflow puts ``[core] plugins_folder`` on ``sys.path`` before it loads executors, so the fanout
 image (plugins in /opt/airflow/plugins) and the local stack (PYTHONPATH=plugins) both find it.
+The scheduler's service account needs ``get``/``list`` on nodes for the size check (helm/fanout
+grants it); without it the check is skipped with one warning.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+from airflow.models.log import Log
 from airflow.providers.cncf.kubernetes.executors.kubernetes_executor import KubernetesExecutor
-from airflow.utils.session import NEW_SESSION, provide_session
+from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import POD_EXECUTOR_DONE_KEY
+from airflow.utils.session import NEW_SESSION, create_session, provide_session
 from airflow.utils.state import TaskInstanceState
 from kubernetes.client.rest import ApiException
 from sqlalchemy import select
 
-from fanout.pods import resolve_executor_config
+from fanout.failures import FAILURE_ANNOTATION, FAILURE_LABEL, TryFailure, diagnose, memory_limit, pod_end
+from fanout.pods import resolve_executor_config, size_fit_problem
+from fanout.pools import SIZE_KEY
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
-    from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import (
-        FailureDetails,
-        KubernetesResults,
-    )
+    from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import KubernetesResults
     from sqlalchemy.orm import Session
 
 NOTE_LIMIT = 1000  # task_instance_note.content is a VARCHAR(1000)
-SIGNALS = {137: "SIGKILL", 143: "SIGTERM"}
-
-
-def explain_pod_failure(
-    pod_name: str,
-    namespace: str,
-    details: FailureDetails | None,
-    memory_limit: str | None = None,
-) -> str:
-    """One sentence on why a worker pod failed, from the watcher's failure details."""
-    pod = f"worker pod {namespace}/{pod_name}"
-    if not details:
-        # The watcher reports a running pod that vanished (deleted, drained) without details.
-        return (
-            f"The {pod} was deleted while the task ran (by a user, a node drain or a scale-down); "
-            "the task was stopped from outside and did not finish."
-        )
-    container = details.get("container_name") or "base"
-    reason = details.get("container_reason")
-    exit_code = details.get("exit_code")
-    pod_reason = details.get("pod_reason")
-    pod_message = (details.get("pod_message") or "").strip()
-    container_message = (details.get("container_message") or "").strip()
-
-    if reason == "OOMKilled":
-        limit = f" of {memory_limit}" if memory_limit else ""
-        return (
-            f"The {pod} ran out of memory: container '{container}' used more than its memory "
-            f"limit{limit}, so the kernel killed it (OOMKilled, exit code {exit_code}). A retry gets "
-            "the same limit: give the task a larger size (fanout.pools.SIZES) or make it use less memory."
-        )
-    if pod_reason == "Evicted":
-        return (
-            f"The {pod} was evicted by its node ({pod_message or 'node under resource pressure'}); "
-            "the task was stopped from outside and did not finish."
-        )
-    if pod_reason == "NodeLost" or reason == "ContainerStatusUnknown":
-        return (
-            f"The {pod} was lost with its node ({pod_message or 'the node stopped responding'}); "
-            "the task was stopped from outside and did not finish."
-        )
-    if details.get("container_state") == "waiting":
-        detail = f": {container_message}" if container_message else ""
-        return f"The {pod} failed before container '{container}' started ({reason}{detail})."
-    if exit_code in SIGNALS:
-        return (
-            f"The {pod} was stopped: container '{container}' was killed by {SIGNALS[exit_code]} "
-            f"(exit code {exit_code}, reason {reason}) from outside the task, not for running out of "
-            "memory (that shows as OOMKilled)."
-        )
-    if exit_code:
-        detail = f": {container_message}" if container_message else ""
-        return (
-            f"The {pod} failed: container '{container}' exited with code {exit_code} "
-            f"({reason}{detail}). The task's log shows its last steps."
-        )
-    return (
-        f"The {pod} failed (phase {details.get('pod_status')}, reason {pod_reason}"
-        f"{', ' + pod_message if pod_message else ''})."
-    )
+POD_FAILED_EVENT = "worker pod failed"
+POD_NOT_CREATED_EVENT = "worker pod not created"
+NODES_TTL_S = 30.0  # how long a list of nodes serves the size check
+FAILED_TRIES_KEPT = 10_000  # task instances whose failed tries the executor remembers
 
 
 def append_note(existing: str | None, line: str) -> str:
@@ -119,46 +81,157 @@ def append_note(existing: str | None, line: str) -> str:
     return note[:NOTE_LIMIT]
 
 
-def container_memory_limit(pod: Any, container_name: str) -> str | None:
-    """The memory limit of a container of a ``V1Pod``, if it has one."""
-    for container in (pod.spec.containers if pod and pod.spec else None) or []:
-        if container.name == container_name and container.resources and container.resources.limits:
-            return container.resources.limits.get("memory")
-    return None
-
-
 class FanoutKubernetesExecutor(KubernetesExecutor):
-    """The KubernetesExecutor, plus task sizes made into pods and a readable reason for every failed pod."""
+    """The KubernetesExecutor, plus task sizes made into pods and a readable reason for every failed try."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._nodes: tuple[float, list[Any] | None] = (float("-inf"), None)
+        self.failed_tries: dict[tuple, list[TryFailure]] = {}
+        """Per task instance (dag, task, run, map index): what ended each failed try, oldest first."""
+
+    # --- making pods -----------------------------------------------------------------------------------
 
     def execute_async(self, key, command, queue=None, executor_config=None) -> None:
         # DAG files name a size (fanout.pools.placement), not a pod: the pod is built here, so
         # parsing never imports kubernetes and the settings are the scheduler's.
         try:
             config = resolve_executor_config(executor_config)
+            size = (executor_config or {}).get(SIZE_KEY)
+            problem = size_fit_problem(size, nodes) if size and (nodes := self._nodes_now()) else None
         except ValueError as err:  # an unknown size or a bad setting: no pod can be made
-            self.log.error("Task %s: %s", key, err)
-            self.fail(key=key, info=f"fanout could not size the task's pod: {err}")
+            problem = f"fanout could not size the task's pod: {err}"
+        if problem:
+            self.log.error("Task %s: %s", key, problem)
+            self._fail_without_retry(key, problem)
             return
         super().execute_async(key, command, queue=queue, executor_config=config)
 
+    def _nodes_now(self) -> list[Any] | None:
+        """The cluster's nodes, listed at most every NODES_TTL_S; None when they cannot be read."""
+        listed_at, nodes = self._nodes
+        if time.monotonic() - listed_at < NODES_TTL_S or self.kube_client is None:
+            return nodes
+        try:
+            nodes = self.kube_client.list_node().items
+        except ApiException as err:
+            if nodes is None and listed_at == float("-inf"):  # say it once, not per task
+                self.log.warning(
+                    "Cannot list nodes (%s %s): task sizes are not checked against the nodes. "
+                    "Grant the scheduler get/list on nodes (helm/fanout rbac.create).",
+                    err.status,
+                    err.reason,
+                )
+            nodes = None
+        self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    def _fail_without_retry(self, key: TaskInstanceKey, message: str) -> None:
+        """Fail the try for good: retrying cannot fix a size (the next try gets the same pod)."""
+        from airflow.models.taskinstance import TaskInstance
+
+        with create_session() as session:
+            ti = session.scalar(select(TaskInstance).where(*self._ti_filter(key)))
+            if ti is not None:
+                # The scheduler retries while try_number <= max_tries (TaskInstance.is_eligible_to_retry).
+                ti.max_tries = min(ti.max_tries, ti.try_number - 1)
+                ti.note = append_note(ti.note, f"Try {key.try_number}: {message}")
+                session.add(Log(event=POD_NOT_CREATED_EVENT, task_instance=key, extra=message))
+        self.fail(key=key, info=message)
+
+    # --- pods that ended -------------------------------------------------------------------------------
+
     @provide_session
     def _change_state(self, results: KubernetesResults, *, session: Session = NEW_SESSION) -> None:
-        explanation = None
-        if results.state == TaskInstanceState.FAILED:
-            # Read before the parent may delete the pod ([kubernetes_executor] delete_worker_pods_on_failure).
-            explanation = explain_pod_failure(
-                results.pod_name,
-                results.namespace,
-                results.failure_details,
-                self._memory_limit(results),
-            )
+        failure = None
+        if results.key in self.running and results.state in (TaskInstanceState.FAILED, None):
+            # Before the parent may delete the pod ([kubernetes_executor] delete_worker_pods_on_failure).
+            failure, results = self._examine(results, session)
         super()._change_state(results, session=session)
         reported = self.event_buffer.get(results.key)
-        if explanation is None or reported is None or reported[0] != TaskInstanceState.FAILED:
+        if failure is None or reported is None or reported[0] != TaskInstanceState.FAILED:
             return  # not a failure, or requeued before the task started: the scheduler never sees it
-        self.event_buffer[results.key] = (reported[0], explanation)
+        explanation = failure.explain()
+        self.event_buffer[results.key] = (TaskInstanceState.FAILED, explanation)
         self.log.warning("Task %s: %s", results.key, explanation)
-        self._note(results.key, f"Try {results.key.try_number}: {explanation}", session)
+        key = results.key
+        self._remember(key, failure)
+        self._note(key, f"Try {key.try_number}: {explanation}", session)
+        session.add(Log(event=POD_FAILED_EVENT, task_instance=key, extra=explanation))
+        if not (self.kube_config.delete_worker_pods and self.kube_config.delete_worker_pods_on_failure):
+            self._label_kept_pod(results.pod_name, results.namespace, failure)
+
+    def _examine(
+        self, results: KubernetesResults, session: Session
+    ) -> tuple[TryFailure | None, KubernetesResults]:
+        """What ended the pod, if its try failed; a pod that Succeeded while its task instance is
+        still running is a failed try too (its task process died without reporting)."""
+        pod = self._read_pod(results.pod_name, results.namespace)
+        reported = True
+        details = results.failure_details
+        if results.state is None:
+            if self._get_task_instance_state(results.key, session=session) != TaskInstanceState.RUNNING:
+                return None, results  # the task reported its end (success, deferral, ...)
+            reported = False
+            details = pod_end(pod)
+            results = results._replace(state=TaskInstanceState.FAILED, failure_details=details)
+        elif pod is not None:
+            details = pod_end(pod) or details
+        container = (details or {}).get("container_name")
+        failure = diagnose(
+            details,
+            pod=f"{results.namespace}/{results.pod_name}",
+            node=pod.spec.node_name if pod is not None and pod.spec else None,
+            memory_limit=memory_limit(pod, container) if pod is not None else None,
+            reported=reported,
+        )
+        return failure, results
+
+    def _remember(self, key: TaskInstanceKey, failure: TryFailure) -> None:
+        ti = (key.dag_id, key.task_id, key.run_id, key.map_index)
+        self.failed_tries.setdefault(ti, []).append(failure)
+        while len(self.failed_tries) > FAILED_TRIES_KEPT:
+            del self.failed_tries[next(iter(self.failed_tries))]  # the longest-known task instance
+
+    def _read_pod(self, name: str, namespace: str) -> Any:
+        if self.kube_client is None:
+            return None
+        try:
+            return self.kube_client.read_namespaced_pod(name, namespace)
+        except ApiException:
+            return None  # deleted already: the explanation goes without node and limit
+
+    def _label_kept_pod(self, name: str, namespace: str, failure: TryFailure) -> None:
+        body = {
+            "metadata": {
+                "labels": {FAILURE_LABEL: failure.cause, POD_EXECUTOR_DONE_KEY: "True"},
+                "annotations": {FAILURE_ANNOTATION: failure.to_json()},
+            }
+        }
+        try:
+            self.kube_client.patch_namespaced_pod(name, namespace, body)
+        except ApiException as err:
+            self.log.warning("Could not label failed pod %s/%s: %s", namespace, name, err.reason)
+
+    # --- task instances --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _ti_filter(key: TaskInstanceKey) -> list[Any]:
+        from airflow.models.taskinstance import TaskInstance
+
+        return [
+            TaskInstance.dag_id == key.dag_id,
+            TaskInstance.run_id == key.run_id,
+            TaskInstance.task_id == key.task_id,
+            TaskInstance.map_index == key.map_index,
+        ]
+
+    def _note(self, key: TaskInstanceKey, line: str, session: Session) -> None:
+        from airflow.models.taskinstance import TaskInstance
+
+        ti = session.scalar(select(TaskInstance).where(*self._ti_filter(key)))
+        if ti is not None:
+            ti.note = append_note(ti.note, line)
 
     def end(self) -> None:
         # The pod watcher is a forked child that inherits the scheduler's SIGTERM handler, which
@@ -171,26 +244,3 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
                 if watcher.is_alive():
                     watcher.kill()
         super().end()
-
-    def _memory_limit(self, results: KubernetesResults) -> str | None:
-        details = results.failure_details or {}
-        if details.get("container_reason") != "OOMKilled" or self.kube_client is None:
-            return None
-        try:
-            pod = self.kube_client.read_namespaced_pod(results.pod_name, results.namespace)
-        except ApiException:
-            return None  # already deleted: the explanation goes without the number
-        return container_memory_limit(pod, details.get("container_name") or "base")
-
-    def _note(self, key: TaskInstanceKey, line: str, session: Session) -> None:
-        from airflow.models.taskinstance import TaskInstance
-
-        query = select(TaskInstance).where(
-            TaskInstance.dag_id == key.dag_id,
-            TaskInstance.run_id == key.run_id,
-            TaskInstance.task_id == key.task_id,
-            TaskInstance.map_index == key.map_index,
-        )
-        ti = session.scalar(query)
-        if ti is not None:
-            ti.note = append_note(ti.note, line)

@@ -1,15 +1,28 @@
-"""The pod fields a task of a given size adds to the worker pod template (helm/pod-template.yaml).
+"""The pod fields a task of a given size adds to the worker pod template (helm/pod-template.yaml),
+and whether any node of its pool can hold such a pod.
 
 Used where pods are made (``fanout.executors.FanoutKubernetesExecutor``), never at DAG parse
 time: importing ``kubernetes.client`` loads every API model (~0.2 s, ~40 MB).
+
+Every task container runs ``fanout.taskpod`` in front of the executor's args (its ``command``),
+so a task process killed inside a pod fails the pod instead of leaving it ``Succeeded``; with
+``terminationMessagePolicy: FallbackToLogsOnError`` the kubelet keeps the tail of its output,
+taskpod's record of how the task process ended, as the container's termination message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from decimal import Decimal
+
 from kubernetes.client import models as k8s
+from kubernetes.utils import parse_quantity
 
 from fanout.pools import GPU, SIZE_KEY, pool_of, size_of
 from fanout.settings import Settings, Taint, settings
+
+TASK_COMMAND = ["python", "-m", "fanout.taskpod"]
+"""The task container's command; the KubernetesExecutor's args (the workload) follow it."""
 
 
 def _tolerations(taints: tuple[Taint, ...]) -> list[k8s.V1Toleration]:
@@ -27,10 +40,11 @@ def pod_override(size: str) -> k8s.V1Pod:
     pool = pool_of(size)
     current = settings()
     gpu = pool == GPU
-    requests = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
+    requests = pod_requests(size, current)
     limits = {"cpu": spec.cpu_limit, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
     if gpu:
-        limits[current.gpu_resource] = "1"  # extended resources: request defaults to the limit
+        del requests[current.gpu_resource]  # extended resources: the request defaults to the limit
+        limits[current.gpu_resource] = "1"
 
     volumes, mounts, env_from = [], [], []
     if gpu and spec.shm:
@@ -62,6 +76,8 @@ def pod_override(size: str) -> k8s.V1Pod:
             containers=[
                 k8s.V1Container(
                     name="base",
+                    command=TASK_COMMAND,
+                    termination_message_policy="FallbackToLogsOnError",
                     image=(current.gpu_image if gpu else None) or None,
                     resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
                     # GPU pods use CUDA when the node has it and fall back to the CPU otherwise;
@@ -80,6 +96,71 @@ def pod_override(size: str) -> k8s.V1Pod:
             volumes=volumes or None,
         ),
     )
+
+
+def pod_requests(size: str, current: Settings | None = None) -> dict[str, str]:
+    """What a pod of ``size`` asks of its node: the requests the scheduler counts, GPUs included."""
+    spec = size_of(size)
+    current = current or settings()
+    requests = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
+    if pool_of(size) == GPU:
+        requests[current.gpu_resource] = "1"
+    return requests
+
+
+def pool_nodes(pool: str, nodes: Iterable[k8s.V1Node], current: Settings | None = None) -> list[k8s.V1Node]:
+    """The nodes of a node pool: those with its labels (CPU pool without labels: all but GPU nodes)."""
+    current = current or settings()
+    selector = current.gpu_pool_selector if pool == GPU else current.cpu_pool_selector
+
+    def has(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in wanted.items())
+
+    chosen = []
+    for node in nodes:
+        labels = node.metadata.labels or {}
+        if selector:
+            if has(labels, selector):
+                chosen.append(node)
+        elif not (current.gpu_pool_selector and has(labels, current.gpu_pool_selector)):
+            chosen.append(node)
+    return chosen
+
+
+def size_fit_problem(size: str, nodes: list[k8s.V1Node], current: Settings | None = None) -> str | None:
+    """Why no node of the size's pool could ever hold its pod (None if one could, or if the pool
+    has no nodes: an autoscaler may add them). Compares requests with each node's allocatable."""
+    current = current or settings()
+    pool = pool_of(size)
+    members = pool_nodes(pool, nodes, current)
+    if not members:
+        return None
+    asked = {name: parse_quantity(value) for name, value in pod_requests(size, current).items()}
+    offers = []
+    for node in members:
+        allocatable = {name: parse_quantity(value) for name, value in (node.status.allocatable or {}).items()}
+        if all(allocatable.get(name, Decimal(0)) >= amount for name, amount in asked.items()):
+            return None
+        offer = ", ".join(f"{name} {_readable(name, allocatable.get(name, Decimal(0)))}" for name in asked)
+        offers.append(f"{node.metadata.name} offers {offer}")
+    selector = current.gpu_pool_selector if pool == GPU else current.cpu_pool_selector
+    labels = ",".join(f"{k}={v}" for k, v in selector.items()) or "nodes without the GPU pool's labels"
+    shown = "; ".join(offers[:5]) + (f"; and {len(offers) - 5} more" if len(offers) > 5 else "")
+    request = ", ".join(f"{name} {_readable(name, amount)}" for name, amount in asked.items())
+    return (
+        f"task size {size!r} asks for {request}, more than any node of the {pool} pool ({labels}) has: "
+        f"{shown}. Its pod would wait unschedulable until [scheduler] task_queued_timeout: give the size "
+        "smaller requests (FANOUT_TASK_SIZES, helm/fanout taskSizes) or add larger nodes to the pool."
+    )
+
+
+def _readable(resource: str, amount: Decimal) -> str:
+    if resource in ("memory", "ephemeral-storage"):
+        for suffix, factor in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2)):
+            if amount >= factor:
+                return f"{amount / factor:.3g}{suffix}"
+        return str(amount)
+    return f"{amount.normalize():f}"
 
 
 def resolve_executor_config(executor_config: dict | None) -> dict:

@@ -1,75 +1,94 @@
-"""fanout.executors: a failed worker pod's reason in words, on the task's note and audit log."""
+"""fanout.executors: sizes checked against the nodes, and every failed try explained where users look."""
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from airflow.models.log import Log
 from airflow.models.taskinstancekey import TaskInstanceKey
 from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import KubernetesResults
 from airflow.utils.state import TaskInstanceState
 from kubernetes.client import models as k8s
+from kubernetes.client.rest import ApiException
 
-from fanout.executors import (
-    NOTE_LIMIT,
-    FanoutKubernetesExecutor,
-    append_note,
-    container_memory_limit,
-    explain_pod_failure,
-)
+from fanout import executors
+from fanout.executors import NOTE_LIMIT, FanoutKubernetesExecutor, append_note
+from fanout.failures import OOM_KILLED, TryFailure
+from fanout.taskpod import TaskProcessEnd
 
 KEY = TaskInstanceKey("fanout_train", "train_trial", "manual__1", try_number=1, map_index=0)
-OOM = {
-    "pod_status": "Failed",
-    "pod_reason": None,
-    "pod_message": None,
-    "container_state": "terminated",
-    "container_reason": "OOMKilled",
-    "exit_code": 137,
-    "container_type": "main",
-    "container_name": "base",
-}
 
 
-def test_an_oom_kill_is_explained_with_the_limit_and_what_to_do():
-    text = explain_pod_failure("trial-abc", "fanout-workers", OOM, memory_limit="16Gi")
-    assert text.startswith("The worker pod fanout-workers/trial-abc ran out of memory")
-    assert "memory limit of 16Gi" in text and "(OOMKilled, exit code 137)" in text
-    assert "larger size (fanout.pools.SIZES)" in text
-    assert "memory limit," in explain_pod_failure("trial-abc", "ns", OOM)  # limit unknown
+def worker_pod(
+    phase="Failed", reason="OOMKilled", exit_code=137, message=None, memory="16Gi", node="gpu-node-1"
+):
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="trial-abc", namespace="fanout-workers"),
+        spec=k8s.V1PodSpec(
+            node_name=node,
+            containers=[
+                k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits={"memory": memory}))
+            ],
+        ),
+        status=k8s.V1PodStatus(
+            phase=phase,
+            container_statuses=[
+                k8s.V1ContainerStatus(
+                    name="base",
+                    image="fanout-airflow",
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=k8s.V1ContainerState(
+                        terminated=k8s.V1ContainerStateTerminated(
+                            exit_code=exit_code, reason=reason, message=message
+                        )
+                    ),
+                )
+            ],
+        ),
+    )
 
 
-@pytest.mark.parametrize(
-    ("details", "expected"),
-    [
-        (None, "was deleted while the task ran"),
-        (
-            {"pod_reason": "Evicted", "pod_message": "The node was low on resource: memory."},
-            "was evicted by its node (The node was low on resource: memory.)",
-        ),
-        ({"pod_reason": "NodeLost", "pod_message": "Node x is unresponsive"}, "was lost with its node"),
-        (
-            {
-                "container_state": "waiting",
-                "container_reason": "ErrImagePull",
-                "container_message": "no such",
-            },
-            "failed before container 'base' started (ErrImagePull: no such)",
-        ),
-        (
-            {"container_state": "terminated", "container_reason": "Error", "exit_code": 137},
-            "killed by SIGKILL (exit code 137, reason Error) from outside the task",
-        ),
-        (
-            {"container_state": "terminated", "container_reason": "Error", "exit_code": 3},
-            "exited with code 3 (Error)",
-        ),
-        ({"pod_status": "Failed", "pod_reason": "Weird"}, "failed (phase Failed, reason Weird)"),
-    ],
-)
-def test_other_pod_failures_are_explained(details, expected):
-    assert expected in explain_pod_failure("p", "ns", details)
+def node(name, cpu, memory, gpus=0, pool="cpu"):
+    allocatable = {"cpu": cpu, "memory": memory, "ephemeral-storage": "100Gi", "pods": "110"}
+    if gpus:
+        allocatable["nvidia.com/gpu"] = str(gpus)
+    return k8s.V1Node(
+        metadata=k8s.V1ObjectMeta(name=name, labels={"fanout.io/pool": pool}),
+        status=k8s.V1NodeStatus(allocatable=allocatable),
+    )
+
+
+def results(state, details=None, pod="trial-abc"):
+    return KubernetesResults(KEY, state, pod, "fanout-workers", "1", details)
+
+
+@pytest.fixture
+def executor():
+    executor = FanoutKubernetesExecutor()
+    executor.kube_scheduler = mock.Mock(kube_watchers={})
+    executor.kube_client = mock.Mock()
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(items=[])
+    executor.running.add(KEY)
+    return executor
+
+
+@pytest.fixture
+def ti():
+    return SimpleNamespace(note="checked by alice", max_tries=2, try_number=1)
+
+
+@pytest.fixture
+def session(ti):
+    return mock.Mock(scalar=mock.Mock(return_value=ti))
+
+
+def audit(session) -> list[Log]:
+    return [call.args[0] for call in session.add.call_args_list if isinstance(call.args[0], Log)]
 
 
 def test_notes_gain_one_line_per_failed_try_and_keep_the_newest_within_the_column():
@@ -81,71 +100,84 @@ def test_notes_gain_one_line_per_failed_try_and_keep_the_newest_within_the_colum
     assert long == "y" * 600 and len(append_note(None, "z" * 2000)) == NOTE_LIMIT
 
 
-def test_the_memory_limit_is_read_from_the_failed_container():
-    pod = k8s.V1Pod(
-        spec=k8s.V1PodSpec(
-            containers=[
-                k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits={"memory": "8Gi"}))
-            ]
-        )
+def test_an_oom_killed_task_process_reaches_the_scheduler_the_note_the_audit_log_and_the_pod(
+    executor, ti, session
+):
+    message = "...\n" + TaskProcessEnd(-9).record()
+    executor.kube_client.read_namespaced_pod.return_value = worker_pod(message=message)
+    details = {"pod_status": "Failed", "container_reason": "OOMKilled", "exit_code": 137}
+
+    executor._change_state(results(TaskInstanceState.FAILED, details), session=session)
+
+    state, info = executor.event_buffer[KEY]
+    assert state == TaskInstanceState.FAILED and KEY not in executor.running
+    assert info.startswith("OOMKilled: the task process exceeded the pod's memory limit 16Gi")
+    assert "fanout-workers/trial-abc on node gpu-node-1" in info
+    assert ti.note == f"checked by alice\nTry 1: {info}"
+    (entry,) = audit(session)
+    assert (entry.event, entry.extra, entry.try_number, entry.map_index) == ("worker pod failed", info, 1, 0)
+    # The failed pod is kept and says what ended it; a later try can read the record.
+    executor.kube_scheduler.delete_pod.assert_not_called()
+    name, namespace, body = executor.kube_client.patch_namespaced_pod.call_args.args
+    assert (name, namespace) == ("trial-abc", "fanout-workers")
+    assert body["metadata"]["labels"] == {"fanout.io/failure": "oom-killed", "airflow_executor_done": "True"}
+    record = TryFailure.from_json(body["metadata"]["annotations"]["fanout.io/failure"])
+    assert (record.cause, record.memory_limit, record.node) == (OOM_KILLED, "16Gi", "gpu-node-1")
+    assert executor.failed_tries["fanout_train", "train_trial", "manual__1", 0] == [record]
+
+
+def test_a_pod_that_succeeded_while_its_task_still_runs_fails_the_try_and_is_kept(executor, ti, session):
+    """The stock pod command: the OOM killer took the task process, its supervisor exited 0."""
+    executor.kube_client.read_namespaced_pod.return_value = worker_pod(
+        "Succeeded", "OOMKilled", 0, memory="768Mi"
     )
-    assert container_memory_limit(pod, "base") == "8Gi"
-    assert container_memory_limit(pod, "sidecar") is None
-    assert container_memory_limit(None, "base") is None
-
-
-@pytest.fixture
-def executor():
-    executor = FanoutKubernetesExecutor()
-    executor.kube_scheduler = mock.Mock(kube_watchers={})
-    executor.kube_client = mock.Mock()
-    executor.running.add(KEY)
-    return executor
-
-
-def failed(details, pod="trial-abc"):
-    return KubernetesResults(KEY, TaskInstanceState.FAILED, pod, "fanout-workers", "1", details)
-
-
-def test_a_failed_pod_reaches_the_scheduler_and_the_note_in_words(executor):
-    executor.kube_client.read_namespaced_pod.return_value = k8s.V1Pod(
-        spec=k8s.V1PodSpec(
-            containers=[
-                k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits={"memory": "16Gi"}))
-            ]
-        )
-    )
-    ti = SimpleNamespace(note="checked by alice")
-    session = mock.Mock(scalar=mock.Mock(return_value=ti))
-
-    executor._change_state(failed(OOM), session=session)
+    with mock.patch.object(executor, "_get_task_instance_state", return_value=TaskInstanceState.RUNNING):
+        executor._change_state(results(None), session=session)
 
     state, info = executor.event_buffer[KEY]
     assert state == TaskInstanceState.FAILED
-    assert "ran out of memory" in info and "16Gi" in info and "because of None" not in info
-    assert ti.note == f"checked by alice\nTry 1: {info}"
-    assert KEY not in executor.running
+    assert info.startswith("OOMKilled: the task process exceeded the pod's memory limit 768Mi")
+    executor.kube_scheduler.delete_pod.assert_not_called()
 
 
-def test_a_pod_lost_before_its_task_started_is_requeued_and_not_explained(executor):
+def test_a_succeeded_pod_whose_task_reported_success_is_passed_through_and_deleted(executor, session):
+    executor.kube_client.read_namespaced_pod.return_value = worker_pod("Succeeded", "Completed", 0)
+    with mock.patch.object(executor, "_get_task_instance_state", return_value=TaskInstanceState.SUCCESS):
+        executor._change_state(results(None), session=session)
+    assert executor.event_buffer[KEY] == (TaskInstanceState.SUCCESS, None)
+    executor.kube_scheduler.delete_pod.assert_called_once_with(
+        pod_name="trial-abc", namespace="fanout-workers"
+    )
+    assert not audit(session)
+    executor.kube_client.patch_namespaced_pod.assert_not_called()
+
+
+def test_a_pod_deleted_while_its_task_ran_is_explained_without_the_pod(executor, session):
+    executor.kube_client.read_namespaced_pod.side_effect = ApiException(status=404, reason="Not Found")
+    executor._change_state(results(TaskInstanceState.FAILED, None), session=session)
+    assert "was deleted while the task ran" in executor.event_buffer[KEY][1]
+
+
+def test_a_pod_lost_before_its_task_started_is_requeued_and_not_explained(executor, session):
     executor.pod_launch_attempts[KEY] = mock.Mock(attempts=0, requeued_for_pod=None, job="job")
     executor.task_queue = mock.Mock()
-    session = mock.Mock()
+    executor.kube_client.read_namespaced_pod.return_value = None
     evicted = {"pod_reason": "Evicted", "container_state": "waiting", "container_reason": "ContainerCreating"}
     with mock.patch.object(executor, "_get_task_instance_state", return_value=TaskInstanceState.QUEUED):
-        executor._change_state(failed(evicted), session=session)
+        executor._change_state(results(TaskInstanceState.FAILED, evicted), session=session)
 
     executor.task_queue.put.assert_called_once_with("job")
     assert KEY not in executor.event_buffer and KEY in executor.running
-    session.scalar.assert_not_called()
+    assert not audit(session)
 
 
-def test_success_is_passed_through_untouched(executor):
-    session = mock.Mock()
-    with mock.patch.object(executor, "_get_task_instance_state", return_value=TaskInstanceState.SUCCESS):
-        executor._change_state(KubernetesResults(KEY, None, "p", "ns", "1", None), session=session)
-    assert executor.event_buffer[KEY] == (TaskInstanceState.SUCCESS, None)
-    session.scalar.assert_not_called()
+def test_a_second_event_for_the_same_failed_pod_is_not_explained_again(executor, session):
+    executor.kube_client.read_namespaced_pod.return_value = worker_pod()
+    failed = results(TaskInstanceState.FAILED, {"pod_status": "Failed"})
+    executor._change_state(failed, session=session)
+    executor.event_buffer.clear()
+    executor._change_state(failed, session=session)  # e.g. MODIFIED after the executor's own label patch
+    assert len(audit(session)) == 1 and KEY not in executor.event_buffer
 
 
 def test_shutdown_kills_the_pod_watcher_instead_of_waiting_20_seconds_for_it(executor):
@@ -155,17 +187,50 @@ def test_shutdown_kills_the_pod_watcher_instead_of_waiting_20_seconds_for_it(exe
     watcher.kill.assert_called_once_with()
 
 
+# --- making pods ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(monkeypatch, ti):
+    """The executor's own database session (fail without retry)."""
+    session = mock.Mock(scalar=mock.Mock(return_value=ti))
+    monkeypatch.setattr(executors, "create_session", contextlib.contextmanager(lambda: (yield session)))
+    return session
+
+
 def test_a_task_size_becomes_its_pod_when_the_pod_is_made(executor):
     executor.task_queue = mock.Mock()
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(items=[node("g", "8", "32Gi", 1, "gpu")])
     executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "trial"})
 
     job = executor.task_queue.put.call_args.args[0]
     container = job.kube_executor_config.spec.containers[0]
     assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert container.command == ["python", "-m", "fanout.taskpod"]
+    assert container.termination_message_policy == "FallbackToLogsOnError"
     assert job.kube_executor_config.metadata.labels == {"fanout.io/size": "trial", "fanout.io/pool": "gpu"}
 
 
-def test_an_unknown_task_size_fails_the_task_at_once_naming_the_sizes(executor):
+def test_a_size_no_node_of_its_pool_can_hold_fails_at_once_without_a_retry(executor, db, ti):
+    executor.task_queue = mock.Mock()
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(
+        items=[node("gpu-node-1", "2", "8Gi", 1, "gpu"), node("cpu-node-1", "64", "256Gi")]
+    )
+    executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "trial"})
+
+    executor.task_queue.put.assert_not_called()
+    state, info = executor.event_buffer[KEY]
+    assert state == TaskInstanceState.FAILED and KEY not in executor.running
+    assert info.startswith("task size 'trial' asks for cpu 4, memory 16Gi")
+    assert "gpu pool (fanout.io/pool=gpu)" in info and "gpu-node-1 offers cpu 2, memory 8Gi" in info
+    assert "cpu-node-1" not in info
+    assert ti.max_tries == 0, "the scheduler retries while try_number <= max_tries"
+    assert ti.note.endswith(f"Try 1: {info}")
+    (entry,) = audit(db)
+    assert (entry.event, entry.extra) == ("worker pod not created", info)
+
+
+def test_an_unknown_task_size_fails_the_task_at_once_naming_the_sizes(executor, db, ti):
     executor.task_queue = mock.Mock()
     executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "huge"})
 
@@ -173,3 +238,22 @@ def test_an_unknown_task_size_fails_the_task_at_once_naming_the_sizes(executor):
     state, info = executor.event_buffer[KEY]
     assert state == TaskInstanceState.FAILED
     assert "unknown task size 'huge'" in info and "bookkeeping" in info
+    assert ti.max_tries == 0
+
+
+def test_without_permission_to_list_nodes_sizes_are_not_checked(executor, capsys):
+    executor.task_queue = mock.Mock()
+    executor.kube_client.list_node.side_effect = ApiException(status=403, reason="Forbidden")
+    for _ in range(2):
+        executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "trial"})
+    assert executor.task_queue.put.call_count == 2
+    assert executor.kube_client.list_node.call_count == 1, "listed at most every NODES_TTL_S"
+    assert capsys.readouterr().out.count("Cannot list nodes (403 Forbidden)") == 1
+
+
+def test_the_pool_without_nodes_is_left_to_the_autoscaler(executor):
+    executor.task_queue = mock.Mock()
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(items=[node("cpu-node-1", "2", "4Gi")])
+    executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "trial"})  # no GPU node yet
+    executor.task_queue.put.assert_called_once()
+    assert executor.event_buffer[KEY] == (TaskInstanceState.QUEUED, None)
