@@ -52,6 +52,7 @@ class Cluster:
         python: str = sys.executable,
         history_limit: int = 1000,
         port: int = 0,
+        oom_group_kill: bool = False,
     ):
         """
         :param nodes: simulated nodes (default: two CPU nodes and one GPU node)
@@ -62,6 +63,9 @@ class Cluster:
         :param python: the interpreter that runs ``python ...`` containers
         :param history_limit: changes kept for watch resumption; older resourceVersions get 410 Gone
         :param port: 0 for a free port
+        :param oom_group_kill: a container past its memory limit loses every process, as on cgroup v2
+            nodes with ``memory.oom.group`` (Kubernetes >= 1.28); default: its largest process only, as
+            on cgroup v1 nodes
         """
         self.node_specs = list(nodes) if nodes is not None else default_nodes()
         self.namespace = namespace
@@ -78,6 +82,7 @@ class Cluster:
             image_env=image_env,
             start_delay=container_start_delay,
             cluster_id=self.id,
+            oom_group_kill=oom_group_kill,
         )
         self.api = ApiServer(self.store, self.kubelet.log_paths.get)
         self.faults = Faults(self)

@@ -2,8 +2,12 @@
 
 Each fault leaves the API in the state a real cluster shows afterwards:
 
-- ``kill``: SIGKILL the container's main process (``kill -9`` of PID 1): exit 137, reason Error, Failed.
-- ``oom_kill``: the kernel OOM-kills the container: exit 137, reason OOMKilled, Failed.
+- ``kill``: a signal to the container's main process (``kill -9`` of PID 1: exit 137, reason Error,
+  Failed), or with ``target="child"`` to its largest descendant (in an Airflow pod, the supervisor's
+  task process): the main process lives on and decides the container's exit.
+- ``oom_kill``: what the kernel does when the container passes its memory limit (see memory.py): its
+  largest process is SIGKILLed (every process with the cluster's ``oom_group_kill``); the container
+  ends with reason OOMKilled and its main process's exit code (137 if that was the one killed).
 - ``evict``: kubelet node-pressure eviction: container killed, pod Failed with reason Evicted and a
   DisruptionTarget condition; works before the container started (it stays waiting) or after.
 - ``evict_via_api``: the Eviction API (``kubectl drain``): a graceful delete.
@@ -21,8 +25,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import psutil
+
+from tests.kubesim import memory
 from tests.kubesim.api import delete_pod
 from tests.kubesim.kubelet import exit_code_of, kill_container_processes
 from tests.kubesim.objects import event_object, set_condition, timestamp
@@ -47,20 +54,37 @@ class Faults:
 
     # --- pods ------------------------------------------------------------------------------------------
 
-    def kill(self, pod: str, namespace: str | None = None, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the main process only; the runtime then kills the rest of the container."""
+    def kill(
+        self,
+        pod: str,
+        namespace: str | None = None,
+        sig: int = signal.SIGKILL,
+        target: Literal["main", "child"] = "main",
+    ) -> int:
+        """Send ``sig`` to the main process (the runtime then kills the rest of the container when it
+        dies) or to its largest descendant (``child``). Returns the pid signalled."""
 
-        def run() -> None:
+        def run() -> int:
             container = self._running_container(pod, namespace)
-            container.process.send_signal(sig)
+            if target == "main":
+                container.process.send_signal(sig)
+                return container.process.pid
+            children = [
+                pid for pid in memory.descendants(container.process.pid) if pid != container.process.pid
+            ]
+            if not children:
+                raise FaultError(f"the container of pod {pod} has no process besides its main one")
+            victim = max(children, key=lambda pid: memory.resident(psutil.Process(pid)))
+            psutil.Process(victim).send_signal(sig)
+            return victim
 
-        self.cluster.call(run)
+        return self.cluster.call(run)
 
     def oom_kill(self, pod: str, namespace: str | None = None) -> None:
+        """As the kernel on a memory-limit breach, whatever the container's actual use."""
+
         def run() -> None:
-            container = self._running_container(pod, namespace)
-            container.kill_reason = "OOMKilled"
-            kill_container_processes(container.container_id, container.process)
+            self.cluster.kubelet.oom_kill(self._running_container(pod, namespace))
 
         self.cluster.call(run)
 

@@ -25,6 +25,14 @@ Mapping from a container to a process (the image is recorded in the status, neve
 Termination follows the kubelet: a graceful delete sends SIGTERM to the main process, SIGKILL to the
 whole container after ``deletionGracePeriodSeconds``; the pod then reaches a terminal phase and the
 kubelet removes it (DELETED). Exit codes: a signal N becomes 128+N (137 for SIGKILL).
+
+Memory limits are enforced as the kernel does (``memory.py``): past its limit, the container's
+largest process is SIGKILLed (PID 1 lives on unless it is the largest), or every process with
+``oom_group_kill`` (cgroup v2 ``memory.oom.group``); the container then ends with reason
+``OOMKilled`` and its main process's exit code, as the runtime reports an OOM event. A container
+that exits non-zero with ``terminationMessagePolicy: FallbackToLogsOnError`` gets the tail of its
+output (80 lines, 2 KiB) as its termination message; ``terminationMessagePath`` files are not
+emulated (a process cannot be given its own /dev/termination-log here).
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from kubernetes.utils import parse_quantity
 
+from tests.kubesim import memory
 from tests.kubesim.objects import (
     ApiError,
     event_object,
@@ -61,6 +71,9 @@ _PYTHON_RE = re.compile(r"^python(\d(\.\d+)?)?$")
 _VAR_REF_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # What the kubelet accepts as an environment variable name from a ConfigMap key.
 _ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+# The kubelet's FallbackToLogsOnError reads at most this much of the log's tail.
+TERMINATION_LOG_LINES = 80
+TERMINATION_LOG_BYTES = 2048
 ConfigMapLookup = Callable[[str, str], "dict[str, Any] | None"]  # (namespace, name) -> ConfigMap
 
 
@@ -82,8 +95,9 @@ class Container:
     process: subprocess.Popen[bytes]
     log_path: Path
     started_at: float
-    kill_reason: str | None = None  # set by faults: "OOMKilled", "Error", ...
-    kill_message: str | None = None
+    memory_limit: int | None = None  # bytes (resources.limits.memory)
+    message_from_logs: bool = False  # terminationMessagePolicy: FallbackToLogsOnError
+    oom_killed: bool = False  # the OOM killer acted on this container (the runtime's OOM event)
     sigkill_at: float | None = None  # after a SIGTERM: when the grace period ends
     exit_code: int | None = None
     finished_at: float | None = None
@@ -207,6 +221,19 @@ def processes_marked(variable: str, value: str) -> list[psutil.Process]:
     return found
 
 
+def log_tail(path: Path) -> str | None:
+    """The end of a container's log, as FallbackToLogsOnError makes it the termination message."""
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - TERMINATION_LOG_BYTES))
+            tail = log.read()
+    except OSError:
+        return None
+    lines = tail.decode(errors="replace").splitlines()[-TERMINATION_LOG_LINES:]
+    return "\n".join(lines) or None
+
+
 def kill_container_processes(container_id: str, main: subprocess.Popen[bytes] | None = None) -> None:
     """SIGKILL a whole container, as the runtime does when its PID 1 dies or its cgroup is killed."""
     if main is not None and main.poll() is None:
@@ -229,6 +256,8 @@ class Kubelet:
         image_env: dict[str, str] | None = None,
         start_delay: float = 0.0,
         cluster_id: str = "",
+        oom_group_kill: bool = False,
+        memory_check_interval: float = 0.2,
     ):
         self.store = store
         self.workdir = Path(workdir)
@@ -236,6 +265,9 @@ class Kubelet:
         self.image_env = dict(image_env or {})
         self.start_delay = start_delay
         self.cluster_id = cluster_id
+        self.oom_group_kill = oom_group_kill
+        self.memory_check_interval = memory_check_interval
+        self._next_memory_check = 0.0
         self.containers: dict[str, Container] = {}  # by pod uid
         self.log_paths: dict[str, Path] = {}  # by pod uid, kept after the pod is gone
         self._creating: dict[str, float] = {}  # pod uid -> when its container may start
@@ -327,7 +359,11 @@ class Kubelet:
                 break
             self._wake.clear()
             try:
-                if woken or self._due(time.time()):
+                now = time.time()
+                if now >= self._next_memory_check:
+                    self._next_memory_check = now + self.memory_check_interval
+                    self.enforce_memory_limits()
+                if woken or self._due(now):
                     self.sync()
             except Exception as error:  # keep the kubelet alive; a test will see the pod stuck
                 if repr(error) != last_error:
@@ -345,6 +381,23 @@ class Kubelet:
             ):
                 return True
         return not self._held and any(now >= start for start in self._creating.values())
+
+    def enforce_memory_limits(self) -> None:
+        """The kernel's part: a container past its memory limit loses its largest process (or all)."""
+        for container in self.containers.values():
+            if (
+                container.memory_limit is None
+                or container.exit_code is not None
+                or container.node_name in self._down_nodes
+                or container.process.poll() is not None
+            ):
+                continue
+            if memory.over_limit(container.process.pid, container.memory_limit):
+                self.oom_kill(container)
+
+    def oom_kill(self, container: Container) -> None:
+        container.oom_killed = True
+        memory.oom_kill(container.process.pid, group=self.oom_group_kill)
 
     def sync(self) -> None:
         pods, _ = self.store.list("Pod")
@@ -472,6 +525,7 @@ class Kubelet:
         except OSError as error:
             self._fail_start(pod, main, container_id, str(error))
             return
+        limit = ((main.get("resources") or {}).get("limits") or {}).get("memory")
         container = Container(
             namespace=meta["namespace"],
             pod_name=meta["name"],
@@ -483,6 +537,8 @@ class Kubelet:
             process=process,
             log_path=log_path,
             started_at=time.time(),
+            memory_limit=int(parse_quantity(limit)) if limit else None,
+            message_from_logs=main.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         )
         self.containers[uid] = container
         self._event(pod, "Created", f"Created container: {main['name']}", main)
@@ -578,7 +634,13 @@ class Kubelet:
         kill_container_processes(container.container_id)
         container.exit_code = exit_code_of(container.process.returncode)
         container.finished_at = time.time()
-        reason = "Completed" if container.exit_code == 0 else container.kill_reason or "Error"
+        # An OOM event in the container's cgroup makes the reason OOMKilled, whatever PID 1 exited with.
+        reason = "Completed" if container.exit_code == 0 else "Error"
+        if container.oom_killed:
+            reason = "OOMKilled"
+        message = None
+        if container.exit_code and container.message_from_logs:
+            message = log_tail(container.log_path)
         pod = self.store.find("Pod", container.namespace, container.pod_name)
         if pod is None or pod["metadata"]["uid"] != container.pod_uid:
             return
@@ -591,7 +653,7 @@ class Kubelet:
                 container.container_id,
                 exit_code=container.exit_code or 0,
                 reason=reason,
-                message=container.kill_message,
+                message=message,
                 started_at=timestamp(container.started_at),
                 finished_at=timestamp(container.finished_at),
             )

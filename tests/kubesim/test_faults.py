@@ -108,3 +108,46 @@ def test_a_fault_on_a_pod_that_is_not_running_is_refused(cluster, v1):
         cluster.faults.kill("done")
     with pytest.raises(FaultError):
         cluster.faults.evict("done")
+
+
+# The child holds 50 MiB, so it is the container's largest process.
+CHILD = "import time; data = b'x' * (50 << 20); print('ready', flush=True); time.sleep(300)"
+SUPERVISES_A_CHILD = (
+    "import subprocess, sys\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {CHILD!r}])\n"
+    "print('child exited', child.wait(), flush=True)\n"
+)
+
+
+@pytest.fixture
+def supervising(cluster, v1):
+    """A pod whose main process waits for a child and exits 0 whatever became of it (Airflow's supervisor)."""
+    v1.create_namespaced_pod("default", python_pod("supervisor", SUPERVISES_A_CHILD))
+    cluster.wait_for(lambda: "ready" in cluster.logs("supervisor"))
+    return "supervisor"
+
+
+def test_kill_of_the_child_leaves_the_main_process_to_decide_the_exit(cluster, supervising):
+    cluster.faults.kill(supervising, target="child")
+    cluster.wait_for_pod(supervising, phase="Succeeded")
+    # As on a real node after kill -9 of the task process: exit 0, reason Completed.
+    assert (terminated(cluster, supervising)["exitCode"], terminated(cluster, supervising)["reason"]) == (
+        0,
+        "Completed",
+    )
+    assert "child exited -9" in cluster.logs(supervising)
+
+
+def test_oom_kill_takes_the_largest_process_and_the_reason_stays_oom_killed(cluster, supervising):
+    cluster.faults.oom_kill(supervising)
+    cluster.wait_for_pod(supervising, phase="Succeeded")
+    assert (terminated(cluster, supervising)["exitCode"], terminated(cluster, supervising)["reason"]) == (
+        0,
+        "OOMKilled",
+    )
+    assert "child exited -9" in cluster.logs(supervising)
+
+
+def test_kill_of_a_child_needs_one(cluster, running):
+    with pytest.raises(FaultError, match="no process besides its main one"):
+        cluster.faults.kill(running, target="child")

@@ -228,3 +228,18 @@ def test_a_missing_config_map_key_is_a_config_error(cluster, v1):
     cluster.wait_for(lambda: waiting_reason(cluster.pod("no-key")) == "CreateContainerConfigError")
     message = container_state(cluster.pod("no-key"))["waiting"]["message"]
     assert message == "couldn't find key B in ConfigMap default/partial"
+
+
+def test_a_failed_containers_output_tail_becomes_its_termination_message(cluster, v1):
+    """terminationMessagePolicy: FallbackToLogsOnError, as fanout's task pods set it."""
+    code = "import sys\nfor i in range(100): print('line', i)\nsys.exit(2)"
+    fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    v1.create_namespaced_pod("default", python_pod("says-why", code, container=fallback))
+    v1.create_namespaced_pod("default", python_pod("says-nothing", code))
+    v1.create_namespaced_pod("default", python_pod("fine", "print('ok')", container=fallback))
+    message = container_state(cluster.wait_for_pod("says-why", phase="Failed"))["terminated"]["message"]
+    assert message.splitlines() == [f"line {i}" for i in range(20, 100)]  # the kubelet's last 80 lines
+    assert (
+        "message" not in container_state(cluster.wait_for_pod("says-nothing", phase="Failed"))["terminated"]
+    )
+    assert "message" not in container_state(cluster.wait_for_pod("fine", phase="Succeeded"))["terminated"]
