@@ -160,6 +160,18 @@ def test_scheduler_role_is_limited_to_task_pods():
     ]
 
 
+def test_scheduler_may_only_read_nodes_cluster_wide():
+    """fanout.executors compares task sizes with the nodes of their pool."""
+    objects = render_chart(show_only=["templates/rbac/scheduler-node-reader.yaml"])
+    (role,) = of_kind(objects, "ClusterRole")
+    (binding,) = of_kind(objects, "ClusterRoleBinding")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "airflow-scheduler", "namespace": "airflow"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
 def test_api_server_may_only_read_pods_and_logs():
     (role,) = of_kind(render_chart(show_only=["templates/rbac/api-server-role.yaml"]), "Role")
     assert set(jmespath.search("rules[].verbs[]", role)) == {"get", "list"}

@@ -13,7 +13,7 @@ import pytest
 
 from fanout import pods, pools
 from fanout.settings import settings
-from tests.packaging.helmkit import KUBE_VERSION, NAMESPACE, POD_TEMPLATE, ROOT
+from tests.packaging.helmkit import KUBE_VERSION, NAMESPACE, POD_TEMPLATE, ROOT, HelmError, render_chart
 
 # Sizes agreed for the three DAGs (fanout.pools.SIZES): cheap fan-in tasks ask for little.
 EXPECTED_SIZES = {
@@ -155,6 +155,15 @@ def test_fan_in_tasks_ask_for_less_than_the_work_they_gather(serialized_tasks):
     assert requests["fanout_preprocess", "merge_stats"] == "768Mi"
 
 
+def test_every_task_container_runs_taskpod_in_front_of_the_executors_args(serialized_tasks):
+    """fanout.taskpod fails the pod when its task process is killed; the kubelet keeps its last words."""
+    for _dag_id, task, pod in task_pods(serialized_tasks):
+        container = pod["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", "fanout.taskpod"], task.task_id
+        assert container["args"][:3] == ["python", "-m", "airflow.sdk.execution_time.execute_workload"]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError", task.task_id
+
+
 def test_worker_template_is_what_the_harness_and_chart_expect():
     pod = build_pod(None)
     container = pod["spec"]["containers"][0]
@@ -260,6 +269,36 @@ def test_invalid_configuration_names_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
         settings()
+
+
+def test_task_sizes_from_the_chart_values_become_the_pods_resources(monkeypatch):
+    values = {"taskSizes": {"trial": {"cpu": "2", "cpu_limit": "2", "memory": "6Gi"}}}
+    (config_map, _) = render_chart(values, show_only=["templates/settings/settings-configmap.yaml"])
+    monkeypatch.setenv("FANOUT_TASK_SIZES", config_map["data"]["FANOUT_TASK_SIZES"])
+    resources = spec_of("trial")["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "2", "memory": "6Gi", "ephemeral-storage": "4Gi"}
+    assert resources["limits"] == {
+        "cpu": "2",
+        "memory": "6Gi",
+        "ephemeral-storage": "4Gi",
+        "nvidia.com/gpu": "1",
+    }
+    assert spec_of("shard")["containers"][0]["resources"]["requests"]["memory"] == "4Gi"  # unchanged
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ({"huge": {"cpu": "1"}}, "huge"),
+        ({"trial": {"memory": "lots"}}, "memory"),
+        ({"trial": {"gpus": 2}}, "gpus"),
+    ],
+    ids=["unknown-size", "bad-quantity", "unknown-field"],
+)
+def test_the_chart_refuses_task_sizes_fanout_cannot_use(sizes, message):
+    with pytest.raises(HelmError, match="values don't meet the specifications") as error:
+        render_chart({"taskSizes": sizes})
+    assert message in str(error.value)
 
 
 def test_unknown_size_lists_the_sizes():
