@@ -1,15 +1,14 @@
-"""One harness cluster (two CPU nodes, one GPU node) with fanout's Airflow on it, for this package.
+"""One cluster with fanout's Airflow on it, for this package: the harness (two CPU nodes, one GPU
+node), or any cluster given ``FANOUT_TEST_KUBECONFIG`` and the settings of ``target.py``.
 
 Every test here is marked ``cluster`` and ``e2e``. ``FANOUT_CLUSTER_TEST_ENV`` (a JSON object)
-overrides settings of the components and the fanout-settings ConfigMap, which is how the
-tests were run against deliberately broken settings (tests/cluster/FIDELITY.md), e.g.
+overrides settings of the components and the fanout-settings ConfigMap: node-pool labels of a real
+cluster, or deliberately broken settings (tests/cluster/FIDELITY.md), e.g.
 ``FANOUT_CLUSTER_TEST_ENV='{"FANOUT_RETRIES": "0"}' pytest tests/cluster``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +17,17 @@ import pytest
 
 from fanout.demo import PIPELINE
 from tests.cluster.stack import ClusterPipeline, cluster_pipeline, run_pipeline_on
+from tests.cluster.target import Target
 
 
 # Package scope: the cluster and Airflow stop once the last test here ran, not at the session's end.
 @pytest.fixture(scope="package")
 def cp(tmp_path_factory) -> Iterator[ClusterPipeline]:
-    extra_env = json.loads(os.environ.get("FANOUT_CLUSTER_TEST_ENV") or "{}")
-    with cluster_pipeline(tmp_path_factory.mktemp("cluster-pipeline"), extra_env=extra_env) as running:
+    target = Target.from_env()
+    with cluster_pipeline(tmp_path_factory.mktemp("cluster-pipeline"), target=target) as running:
         yield running
-    assert not running.cluster.pod_processes(), "pod processes outlived the cluster"
+    if running.harness is not None:
+        assert not running.harness.pod_processes(), "pod processes outlived the cluster"
 
 
 @dataclass
@@ -49,7 +50,7 @@ def pipeline(cp: ClusterPipeline) -> PipelineRun:
     # The last pods exit a moment after their tasks reported success (the supervisor's exit delay).
     for dag_id, run_id in run_ids.items():
         for record in cp.pods_of(dag_id, run_id):
-            cp.cluster.wait_for(
+            cp.pods.wait_for(
                 lambda r=record: r.finished_at, timeout=30, message=f"{record.name} never exited"
             )
     return PipelineRun(

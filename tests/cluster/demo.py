@@ -2,8 +2,9 @@
 
     PYTHONPATH=plugins:. .venv/bin/python -m tests.cluster.demo [--params JSON] [--workdir DIR]
 
-Starts a kubesim cluster (two CPU nodes, one GPU node with one GPU) and fanout's Airflow on it,
-set up as the Helm deployment is (tests/cluster/stack.py); triggers preprocessing and follows the
+Starts a kubesim cluster (two CPU nodes, one GPU node with one GPU), or uses the cluster of
+``FANOUT_TEST_KUBECONFIG`` (tests/cluster/target.py), and fanout's Airflow on it, set up as the
+Helm deployment is (tests/cluster/stack.py); triggers preprocessing and follows the
 training and rendering runs its assets trigger; then prints, per task, the pod that ran it, its
 node and pool, how long the pod waited to start and how long it ran, and the pipeline summary.
 Everything stops at the end; Airflow's logs and the artifacts stay in the work directory.
@@ -23,6 +24,7 @@ from pathlib import Path
 from fanout.demo import print_summary
 from tests.cluster.pods import pod_rows, print_pod_table
 from tests.cluster.stack import cluster_pipeline, run_pipeline_on
+from tests.cluster.target import Target
 from tests.e2e.conftest import SMALL_PARAMS
 
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fanout cluster demo: work directory {workdir}", flush=True)
 
     started = time.monotonic()
-    with cluster_pipeline(workdir, params=json.loads(args.params)) as cp:
+    with cluster_pipeline(workdir, params=json.loads(args.params), target=Target.from_env()) as cp:
         print(f"cluster and Airflow up after {time.monotonic() - started:.1f}s", flush=True)
         t0 = time.monotonic()
         reports = run_pipeline_on(cp, timeout=1800)
@@ -47,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         pods = {r.dag_id: cp.pods_of(r.dag_id, r.run_id) for r in reports}
         # The last pods exit a moment after their tasks reported success.
         for record in (record for records in pods.values() for record in records):
-            cp.cluster.wait_for(lambda record=record: record.finished_at or record.deleted_at, timeout=30)
+            cp.pods.wait_for(lambda record=record: record.finished_at or record.deleted_at, timeout=30)
 
         print("\nwhich pod ran where (wait: pod created -> container started; run: container lifetime)")
         rows = {}
         for report in reports:
-            rows[report.dag_id] = pod_rows(cp.cluster, pods[report.dag_id])
+            rows[report.dag_id] = pod_rows(cp, pods[report.dag_id])
             print(f"\n{report.dag_id}  run {report.run_id}")
             print_pod_table(rows[report.dag_id])
         waits = {}

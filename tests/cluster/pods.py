@@ -6,7 +6,8 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from tests.kubesim import POOL_LABEL, Cluster, PodRecord
+from tests.cluster.stack import ClusterPipeline
+from tests.kubesim import PodRecord
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,12 @@ def _seconds(start: float | None, end: float | None) -> float | None:
     return round(end - start, 1) if start is not None and end is not None else None
 
 
-def pod_rows(cluster: Cluster, records: list[PodRecord]) -> list[PodRow]:
+def pod_rows(cp: ClusterPipeline, records: list[PodRecord]) -> list[PodRow]:
     pools = {}
     rows = []
     for record in records:
         if record.node and record.node not in pools:
-            pools[record.node] = cluster.node(record.node)["metadata"]["labels"].get(POOL_LABEL, "?")
+            pools[record.node] = cp.pool_of_node(record.node)
         map_index = record.annotations.get("map_index", "-1")
         rows.append(
             PodRow(

@@ -1,13 +1,18 @@
-"""fanout's Airflow on the kubesim harness, set up as the Helm deployment sets it up.
+"""fanout's Airflow on a cluster, set up as the Helm deployment sets it up.
 
-- nodes: two CPU nodes and one GPU node with one ``nvidia.com/gpu`` (kubesim's default pools);
+The cluster is the kubesim harness (two CPU nodes, one GPU node with one ``nvidia.com/gpu``) or,
+with ``FANOUT_TEST_KUBECONFIG``, any cluster (``target.py``). Either way:
+
 - the scheduler runs ``fanout.executors.FanoutKubernetesExecutor`` with the ``[kubernetes_executor]``,
   ``[scheduler]`` and ``[core]`` settings of ``helm/airflow-values.yaml``, and the pod template
   ``helm/pod-template.yaml`` unmodified;
 - the ConfigMap ``fanout-settings`` (what helm/fanout renders) holds the fanout settings and is the
   env of every component (the chart's ``extraEnvFrom``) and of every task pod (the template's
   ``envFrom``);
-- what the worker image bakes in (the DAGs folder) is the cluster's ``image_env``.
+- the DAGs folder holds ``dags/`` and the probe DAGs of ``tests/cluster/dags`` (on the harness it is
+  also what the "image" bakes in, the cluster's ``image_env``; a real cluster's worker image must
+  hold the same files);
+- pods are observed through the Kubernetes API only (``observe.PodWatch``).
 
 Test-only differences from the chart, each for a reason given next to it in ``TEST_SETTINGS``.
 Used by ``tests/cluster/conftest.py`` and ``make cluster-demo`` (``tests/cluster/demo.py``).
@@ -15,6 +20,7 @@ Used by ``tests/cluster/conftest.py`` and ``make cluster-demo`` (``tests/cluster
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Generator
@@ -22,16 +28,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from fanout.demo import PIPELINE, Progress, RunReport, prepare, summarise_run
 from fanout.localstack import PROJECT_ROOT, AirflowClient, AirflowStack
+from fanout.pods import pool_nodes
+from fanout.pools import GPU
+from fanout.settings import settings as fanout_settings
+from kubernetes import client, config
+from tests.cluster.observe import PodWatch
+from tests.cluster.target import Target
 from tests.e2e.conftest import SMALL_PARAMS
 from tests.kubesim import Cluster, PodRecord, default_nodes
 
 AIRFLOW_VALUES = PROJECT_ROOT / "helm" / "airflow-values.yaml"
 POD_TEMPLATE = PROJECT_ROOT / "helm" / "pod-template.yaml"
+PROBE_DAGS = Path(__file__).parent / "dags"
 EXECUTOR = "fanout.executors.FanoutKubernetesExecutor"
 
 
@@ -44,8 +59,8 @@ TEST_SETTINGS = {
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
     # Retries in seconds, not minutes.
     "FANOUT_RETRY_DELAY_SECONDS": "1",
-    # No cgroup CPU limits here: without it every task would size its Dask/torch pools to the
-    # whole machine (the chart's pods see their CPU limit instead).
+    # No cgroup CPU limits on the harness: without it every task would size its Dask/torch pools
+    # to the whole machine (the chart's pods see their CPU limit instead).
     "FANOUT_TASK_CPUS": "1",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",  # the pytest session's setting must not leak in
 }
@@ -68,91 +83,191 @@ def chart_config() -> dict[str, str]:
     }
 
 
+def dags_folder(workdir: Path) -> Path:
+    """fanout's DAG files and the probe DAGs side by side (links), as the test worker image has them."""
+    folder = workdir / "dags"
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in [*sorted((PROJECT_ROOT / "dags").glob("*.py")), *sorted(PROBE_DAGS.glob("*.py"))]:
+        link = folder / source.name
+        if not link.exists():
+            link.symlink_to(source)
+    return folder
+
+
 @dataclass
 class ClusterPipeline:
     """A running cluster and Airflow on it."""
 
-    cluster: Cluster
+    pods: PodWatch  # what the Kubernetes API shows: pod records, nodes
+    harness: Cluster | None  # the harness's own hooks (faults below the API), None on other clusters
     stack: AirflowStack
     client: AirflowClient
-    artifact_root: Path
+    artifact_root: Path  # as this machine sees it
     settings: dict[str, str]
 
     @property
     def namespace(self) -> str:
-        return self.cluster.namespace
+        return self.pods.namespace
 
-    def pods_of(self, dag_id: str, run_id: str) -> list[PodRecord]:
-        """Records of every pod created for a DAG run, in creation order (kept after deletion)."""
+    @property
+    def v1(self) -> Any:
+        return self.pods.v1
+
+    def pods_of(self, dag_id: str, run_id: str, task_id: str | None = None) -> list[PodRecord]:
+        """Records of every pod created for a DAG run (of one task), in creation order, kept after deletion."""
         return [
             record
-            for record in self.cluster.records
-            if record.annotations.get("dag_id") == dag_id and record.annotations.get("run_id") == run_id
+            for record in self.pods.records
+            if record.annotations.get("dag_id") == dag_id
+            and record.annotations.get("run_id") == run_id
+            and task_id in (None, record.annotations.get("task_id"))
         ]
+
+    def pool_of_node(self, node: str) -> str:
+        """``cpu`` or ``gpu``: the node pool a node belongs to, by fanout's pool settings."""
+        return node_pool(self.pods.node(node), self.stack.env())
+
+    def gpus(self) -> int:
+        return pool_gpus(self.pods, self.stack.env())
+
+    def restart_scheduler(self, env: dict[str, str] | None = None) -> float:
+        """Stop the scheduler (SIGTERM, as a rolling update does) and start it again, with ``env``
+        changed for it alone (e.g. a deployment's task sizes); returns how long the stop took."""
+        began = time.monotonic()
+        self.stack.stop_component("scheduler")
+        stopped_after = time.monotonic() - began
+        self.stack.start_component("scheduler", {**self.stack.env(), **(env or {})})
+        return stopped_after
+
+    def require_harness(self, why: str) -> Cluster:
+        """The harness, or skip: the test needs what only the harness can do (``why``)."""
+        if self.harness is None:
+            pytest.skip(f"needs the harness: {why} (not possible through the Kubernetes API)")
+        return self.harness
+
+
+def node_pool(node: dict[str, Any], env: dict[str, str]) -> str:
+    """``cpu`` or ``gpu``: the pool of a node (as the API serves it), by fanout's pool settings."""
+    labelled = client.V1Node(metadata=client.V1ObjectMeta(labels=node["metadata"].get("labels") or {}))
+    return GPU if pool_nodes(GPU, [labelled], fanout_settings(env)) else "cpu"
+
+
+def pool_gpus(pods: PodWatch, env: dict[str, str]) -> int:
+    """GPUs of the GPU pool, as its nodes report them (allocatable)."""
+    resource = fanout_settings(env).gpu_resource
+    return sum(
+        int(node["status"].get("allocatable", {}).get(resource, 0))
+        for node in pods.nodes()
+        if node_pool(node, env) == GPU
+    )
+
+
+def _api_client(kubeconfig: Path, context: str | None) -> Any:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), context=context, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@contextmanager
+def _cluster(target: Target, workdir: Path, image_env: dict[str, str], namespace: str):
+    """(kubeconfig, harness or None): the harness started for the test, or the given cluster."""
+    if target.is_harness:
+        with Cluster(
+            default_nodes(), namespace=namespace, workdir=workdir / "cluster", image_env=image_env
+        ) as cluster:
+            yield cluster.kubeconfig_path, cluster
+    else:
+        yield target.kubeconfig, None
 
 
 @contextmanager
 def cluster_pipeline(
-    workdir: Path, *, params: dict | None = None, extra_env: dict[str, str] | None = None
+    workdir: Path, *, params: dict | None = None, target: Target | None = None
 ) -> Generator[ClusterPipeline, None, None]:
-    """Start the cluster and Airflow on it; stop both (and every pod process) at the end.
-
-    ``extra_env`` overrides settings of the components and the ConfigMap (for deliberately
-    broken settings, e.g. ``{"FANOUT_RETRIES": "0"}``).
-    """
+    """Start (or connect to) the cluster and start Airflow on it; stop everything at the end."""
+    target = target or Target()
     workdir = Path(workdir)
-    artifact_root = workdir / "artifacts"
-    artifact_root.mkdir(parents=True, exist_ok=True)
-    config = chart_config()
-    namespace = config["AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE"]
-    nodes = default_nodes()
-    image_env = {"AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags")}
-    with Cluster(nodes, namespace=namespace, workdir=workdir / "cluster", image_env=image_env) as cluster:
-        stack = AirflowStack(home=workdir / "airflow-home", executor=EXECUTOR)
+    config_env = chart_config()
+    namespace = target.namespace or config_env["AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE"]
+    dags = dags_folder(workdir)
+    if target.is_harness:
+        artifact_root = workdir / "artifacts"
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        pod_artifact_root = str(artifact_root)
+    else:
+        artifact_root, pod_artifact_root = target.local_artifact_root, target.artifact_root
+    image_env = {"AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    with _cluster(target, workdir, image_env, namespace) as (kubeconfig, harness):
+        api_client = _api_client(kubeconfig, target.context)
+        watch = PodWatch(api_client, namespace).start()
+        stack = AirflowStack(home=workdir / "airflow-home", dags_folder=dags, executor=EXECUTOR)
+        if target.is_harness:
+            execution_api = f"{stack.base_url}/execution/"
+        else:  # pods reach this machine at the given address; the api-server listens on every interface
+            execution_api = f"http://{target.api_host}:{stack.port}/execution/"
+            stack.extra_env["AIRFLOW__API__HOST"] = "0.0.0.0"
         settings = {
-            "FANOUT_ARTIFACT_ROOT": str(artifact_root),
+            "FANOUT_ARTIFACT_ROOT": pod_artifact_root,
             "FANOUT_PARAMS": json.dumps(params or SMALL_PARAMS),
-            # The Airflow pool gating GPU tasks has one slot per GPU of the GPU pool.
-            "FANOUT_GPU_AIRFLOW_POOL_SLOTS": str(sum(node.gpus for node in nodes)),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{stack.base_url}/execution/",
-            # Stands in for the chart's remote logging: task logs outlive their pods.
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(stack.home / "logs"),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": execution_api,
             **{k: v for k, v in TEST_SETTINGS.items() if not k.startswith("AIRFLOW__SCHEDULER__")},
-            **(extra_env or {}),
+            **target.extra_env,
         }
+        if target.is_harness:
+            # Stands in for the chart's remote logging: task logs outlive their pods.
+            settings["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(stack.home / "logs")
+        else:
+            settings["FANOUT_GPU_IMAGE"] = target.worker_image or ""
+            if target.artifact_pvc:
+                settings["FANOUT_ARTIFACT_PVC"] = target.artifact_pvc
         stack.extra_env.update(
             {
-                **config,
-                "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(cluster.kubeconfig_path),
+                **config_env,
+                "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(kubeconfig),
                 "AIRFLOW__KUBERNETES_EXECUTOR__IN_CLUSTER": "False",
+                "AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE": namespace,
                 "AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE": str(POD_TEMPLATE),
+                **(
+                    {"AIRFLOW__KUBERNETES_EXECUTOR__CLUSTER_CONTEXT": target.context}
+                    if target.context
+                    else {}
+                ),
+                **target.worker_image_config(),
                 **TEST_SETTINGS,
                 **settings,  # the chart's extraEnvFrom: fanout-settings
             }
         )
-        cluster.core_v1().create_namespaced_config_map(
-            namespace, {"metadata": {"name": template_config_map()}, "data": settings}
-        )
-        client = stack.start()
+        # The Airflow pool gating GPU tasks has one slot per GPU of the GPU pool.
+        gpus = str(max(1, pool_gpus(watch, stack.env())))
+        settings["FANOUT_GPU_AIRFLOW_POOL_SLOTS"] = stack.extra_env["FANOUT_GPU_AIRFLOW_POOL_SLOTS"] = gpus
+        config_map = {"metadata": {"name": template_config_map()}, "data": settings}
+        with contextlib.suppress(client.ApiException):  # a previous run's, on a real cluster
+            watch.v1.delete_namespaced_config_map(template_config_map(), namespace)
+        watch.v1.create_namespaced_config_map(namespace, config_map)
         try:
-            prepare(client, stack)
-            yield ClusterPipeline(cluster, stack, client, artifact_root, settings)
+            airflow = stack.start()
+            prepare(airflow, stack)
+            yield ClusterPipeline(watch, harness, stack, airflow, Path(artifact_root), settings)
         finally:
             stack.stop()
+            watch.stop()
+            if not target.is_harness:
+                with contextlib.suppress(client.ApiException):
+                    watch.v1.delete_namespaced_config_map(template_config_map(), namespace)
 
 
 class PodStuck(AssertionError):
     """A pod waited on the Kubernetes scheduler far longer than any pod should."""
 
 
-def fail_if_a_pod_is_stuck(cluster: Cluster, patience: float = 30.0):
+def fail_if_a_pod_is_stuck(pods: PodWatch, patience: float = 30.0):
     """An ``on_poll`` for ``AirflowClient.wait_run``: fail fast, with the scheduler's reason, when
     a pod stays unschedulable (a size no node fits, a missing toleration) instead of waiting for
     ``task_queued_timeout`` to requeue it twice."""
 
     def check(run: dict, task_instances: list[dict]) -> None:
         now = time.time()
-        for record in cluster.records:
+        for record in pods.records:
             if record.node is None and record.deleted_at is None and record.unschedulable_message:
                 waited = now - record.created_at
                 if waited > patience:
@@ -168,16 +283,16 @@ def fail_if_a_pod_is_stuck(cluster: Cluster, patience: float = 30.0):
 def run_pipeline_on(cp: ClusterPipeline, conf: dict | None = None, timeout: float = 420) -> list[RunReport]:
     """``fanout.demo.run_pipeline`` (preprocess, then the runs its assets trigger), failing fast
     when a pod cannot be scheduled."""
-    client = cp.client
+    client_ = cp.client
     for dag_id in PIPELINE:
-        client.unpause(dag_id)
+        client_.unpause(dag_id)
     started = datetime.now(UTC).isoformat()
-    stuck = fail_if_a_pod_is_stuck(cp.cluster)
+    stuck = fail_if_a_pod_is_stuck(cp.pods)
     reports = []
-    run_id = client.trigger(PIPELINE[0], conf or {})
+    run_id = client_.trigger(PIPELINE[0], conf or {})
     for index, dag_id in enumerate(PIPELINE):
         if index:
-            run_id = client.wait_triggered_run(dag_id, after=started, timeout=120)
+            run_id = client_.wait_triggered_run(dag_id, after=started, timeout=120)
         print(f"{time.strftime('%H:%M:%S')} {dag_id}: run {run_id}", flush=True)
         progress = Progress(dag_id)
 
@@ -185,8 +300,8 @@ def run_pipeline_on(cp: ClusterPipeline, conf: dict | None = None, timeout: floa
             progress(run, tis)
             stuck(run, tis)
 
-        run = client.wait_run(dag_id, run_id, timeout=timeout, on_poll=on_poll, interval=1)
-        reports.append(summarise_run(client, dag_id, run_id))
+        run = client_.wait_run(dag_id, run_id, timeout=timeout, on_poll=on_poll, interval=1)
+        reports.append(summarise_run(client_, dag_id, run_id))
         if run["state"] != "success":
             break
     return reports

@@ -1,30 +1,79 @@
-"""Pods that fail: before their task started, killed mid-task, OOM-killed mid-task.
+"""Pods that fail: before their task started, or killed mid-task; retried with identical outputs.
 
-One render run (``disturbed_render``) of the same model and params as the pipeline's render
-run takes three faults: its plan_chunks pod is evicted by the kubelet before its container
-started, the first render chunk to run is SIGKILLed mid-task and the next one is OOM-killed.
+One render run (``disturbed_render``) of the same model and params as the pipeline's render run
+takes two faults on render chunks while their tasks run, and on the harness a third before one
+starts:
+
+- on the harness, below the Kubernetes API (what a node does): the first chunk's *task process* is
+  SIGKILLed (``kill -9`` of the supervisor's child, as the OOM killer or a user on the node does),
+  the next chunk's container PID 1 is SIGKILLed; before that, the run's plan_chunks pod is evicted
+  by its kubelet before its container started;
+- on any other cluster, through the API only: the first chunk's pod is force-deleted
+  (``kubectl delete --force --grace-period=0``), the next one evicted (the Eviction API, as
+  ``kubectl drain`` does).
+
+Memory-limit OOM kills and SIGKILLs from inside a task are in test_task_process_kills.py.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
-from fanout.pools import SIZES
 from fanout.storage import ArtifactStore, safe_key
 from tests.cluster.stack import ClusterPipeline
 
 DAG_ID = "fanout_render"
 
 
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    inject: Callable[[ClusterPipeline, str], object]  # (cluster, pod name)
+    note: str | None  # what the task instance's note then says of the try; None: not asserted
+    kept_reason: str | None  # the kept pod's container reason; None: the pod is gone
+
+
+def _evict(cp: ClusterPipeline, pod: str) -> None:
+    cp.v1.create_namespaced_pod_eviction(
+        pod, cp.namespace, {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod}}
+    )
+
+
+HARNESS_FAULTS = (
+    Fault(
+        "SIGKILL of the task process",
+        lambda cp, pod: cp.harness.faults.kill(pod, target="child"),
+        "The task process was killed by SIGKILL, not for memory",
+        "Error",
+    ),
+    Fault(
+        "SIGKILL of the container's PID 1",
+        lambda cp, pod: cp.harness.faults.kill(pod),
+        "The pod's container was killed by SIGKILL (exit code 137, reason Error)",
+        "Error",
+    ),
+)
+API_FAULTS = (
+    Fault(
+        "forced delete",
+        lambda cp, pod: cp.v1.delete_namespaced_pod(pod, cp.namespace, grace_period_seconds=0),
+        "was deleted while the task ran",
+        None,
+    ),
+    # Graceful: the task gets SIGTERM and may report its own failure before the pod is gone.
+    Fault("eviction through the Eviction API", _evict, None, None),
+)
+
+
 @dataclass
 class DisturbedRun:
     run_id: str
-    evicted_pod: str  # plan_chunks' first pod, evicted before its container started
-    killed: tuple[int, str]  # (map_index, pod) of the chunk SIGKILLed mid-task
-    oom_killed: tuple[int, str]  # (map_index, pod) of the chunk OOM-killed mid-task
+    evicted_pod: str | None  # plan_chunks' first pod, evicted before its container started (harness)
+    faults: list[tuple[Fault, int, str]]  # (fault, map_index, pod) of each chunk disturbed mid-task
     run: dict
     task_instances: dict[tuple[str, int], dict]
 
@@ -52,55 +101,65 @@ def running_pod_of(cp: ClusterPipeline, run_id: str, ti: dict) -> str:
     raise LookupError(f"no pod for {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}")
 
 
-@pytest.fixture(scope="module")
-def disturbed_render(cp: ClusterPipeline, pipeline) -> DisturbedRun:
-    cluster, client = cp.cluster, cp.client
-    model = f"train/{safe_key(pipeline.run_ids['fanout_train'])}/best/model.pt"
-    with cluster.containers_held():  # bound pods stay Pending in ContainerCreating
-        run_id = client.trigger(DAG_ID, {"model": model})
+def _trigger_with_an_eviction_before_start(cp: ClusterPipeline, model: str) -> tuple[str, str]:
+    """Harness: the run's first pod is evicted by its kubelet while its container is being created."""
+    harness = cp.harness
+    with harness.containers_held():  # bound pods stay Pending in ContainerCreating
+        run_id = cp.client.trigger(DAG_ID, {"model": model})
 
         def planner_pods():
-            return [r for r in cp.pods_of(DAG_ID, run_id) if r.annotations["task_id"] == "plan_chunks"]
+            return cp.pods_of(DAG_ID, run_id, "plan_chunks")
 
-        first = cluster.wait_for(lambda: [r for r in planner_pods() if r.node], timeout=60)[0]
-        cluster.faults.evict(first.name)  # node-pressure eviction before the container started
-        cluster.wait_for(lambda: len(planner_pods()) > 1, timeout=60, message="plan_chunks was not requeued")
+        first = cp.pods.wait_for(lambda: [r for r in planner_pods() if r.node], timeout=60)[0]
+        harness.faults.evict(first.name)  # node-pressure eviction before the container started
+        cp.pods.wait_for(lambda: len(planner_pods()) > 1, timeout=60, message="plan_chunks was not requeued")
+    return run_id, first.name
 
-    victims = []
-    for fault in (cluster.faults.kill, cluster.faults.oom_kill):
-        ti = wait_for_running_chunk(cp, run_id, skip={index for index, _ in victims})
+
+@pytest.fixture(scope="module")
+def disturbed_render(cp: ClusterPipeline, pipeline) -> DisturbedRun:
+    model = f"train/{safe_key(pipeline.run_ids['fanout_train'])}/best/model.pt"
+    if cp.harness is not None:
+        run_id, evicted = _trigger_with_an_eviction_before_start(cp, model)
+        faults = HARNESS_FAULTS
+    else:
+        run_id, evicted = cp.client.trigger(DAG_ID, {"model": model}), None
+        faults = API_FAULTS
+
+    disturbed = []
+    for fault in faults:
+        ti = wait_for_running_chunk(cp, run_id, skip={index for _, index, _ in disturbed})
         pod = running_pod_of(cp, run_id, ti)
-        fault(pod)
-        victims.append((ti["map_index"], pod))
+        fault.inject(cp, pod)
+        disturbed.append((fault, ti["map_index"], pod))
 
-    run = client.wait_run(DAG_ID, run_id, timeout=300)
-    tis = {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances(DAG_ID, run_id)}
-    return DisturbedRun(run_id, first.name, victims[0], victims[1], run, tis)
+    run = cp.client.wait_run(DAG_ID, run_id, timeout=300)
+    tis = {(ti["task_id"], ti["map_index"]): ti for ti in cp.client.task_instances(DAG_ID, run_id)}
+    return DisturbedRun(run_id, evicted, disturbed, run, tis)
 
 
 def test_a_pod_lost_before_its_task_started_is_requeued_without_spending_a_retry(cp, disturbed_render):
     """[kubernetes_executor] pod_launch_failure_retries (provider >= 10.20, apache/airflow#69052)."""
-    evicted = cp.cluster.record(disturbed_render.evicted_pod)
+    cp.require_harness("a kubelet eviction of a pod whose container is still being created")
+    evicted = cp.pods.record(disturbed_render.evicted_pod)
     assert (evicted.phase, evicted.pod_reason, evicted.started_at) == ("Failed", "Evicted", None)
     planner = disturbed_render.task_instances["plan_chunks", -1]
     assert (planner["state"], planner["try_number"]) == ("success", 1)
-    pods = [
-        r for r in cp.pods_of(DAG_ID, disturbed_render.run_id) if r.annotations["task_id"] == "plan_chunks"
-    ]
+    pods = cp.pods_of(DAG_ID, disturbed_render.run_id, "plan_chunks")
     assert [(p.annotations["try_number"], p.phase) for p in pods] == [("1", "Failed"), ("1", "Succeeded")]
 
 
 def test_a_pod_killed_mid_task_is_retried_and_the_run_succeeds(cp, disturbed_render):
     assert disturbed_render.run["state"] == "success"
-    for map_index, pod in (disturbed_render.killed, disturbed_render.oom_killed):
-        killed = cp.cluster.record(pod)
-        assert killed.started_at is not None and killed.exit_code == 137
+    for fault, map_index, pod in disturbed_render.faults:
+        assert cp.pods.record(pod).started_at is not None
         ti = disturbed_render.task_instances["render_chunk", map_index]
-        assert (ti["state"], ti["try_number"]) == ("success", 2), f"chunk {map_index} retried once"
+        assert (ti["state"], ti["try_number"]) == ("success", 2), (
+            f"chunk {map_index} ({fault.name}) retried once"
+        )
+    disturbed = {map_index for _, map_index, _ in disturbed_render.faults}
     untouched = [
-        ti
-        for (task_id, map_index), ti in disturbed_render.task_instances.items()
-        if map_index not in (disturbed_render.killed[0], disturbed_render.oom_killed[0])
+        ti for (_, map_index), ti in disturbed_render.task_instances.items() if map_index not in disturbed
     ]
     assert {(ti["state"], ti["try_number"]) for ti in untouched} == {("success", 1)}
 
@@ -119,36 +178,30 @@ def test_the_disturbed_run_outputs_are_identical_to_the_undisturbed_run(cp, pipe
     assert store.sha256(f"{disturbed}/video/render.mp4") == store.sha256(f"{undisturbed}/video/render.mp4")
 
 
-def test_an_oom_killed_pods_reason_reaches_the_user_in_words(cp, disturbed_render):
-    map_index, pod = disturbed_render.oom_killed
-    record = cp.cluster.record(pod)
-    assert (record.reason, record.exit_code) == ("OOMKilled", 137)
-
-    note = disturbed_render.task_instances["render_chunk", map_index]["note"] or ""
-    assert f"Try 1: The worker pod {cp.namespace}/{pod} ran out of memory" in note
-    assert f"memory limit of {SIZES['frames'].memory}" in note and "OOMKilled" in note
+def test_each_killed_try_is_explained_in_the_note_and_the_audit_log(cp, disturbed_render):
     audit = cp.client.get(
-        "/eventLogs", dag_id=DAG_ID, run_id=disturbed_render.run_id, event="state mismatch", limit=100
+        "/eventLogs", dag_id=DAG_ID, run_id=disturbed_render.run_id, event="worker pod failed", limit=100
     )["event_logs"]
-    assert any(e["map_index"] == map_index and "ran out of memory" in (e["extra"] or "") for e in audit)
+    for fault, map_index, pod in disturbed_render.faults:
+        if fault.note is None:
+            continue
+        note = disturbed_render.task_instances["render_chunk", map_index]["note"] or ""
+        assert f"Try 1: {fault.note}" in note and f"worker pod {cp.namespace}/{pod}" in note, fault.name
+        (entry,) = [e for e in audit if e["map_index"] == map_index]
+        assert fault.note in entry["extra"] and entry["try_number"] == 1
     assert "Pod failed because of None" not in str(audit)
-
-    killed_index, killed_pod = disturbed_render.killed
-    killed_note = disturbed_render.task_instances["render_chunk", killed_index]["note"] or ""
-    assert f"{killed_pod} was stopped: container 'base' was killed by SIGKILL (exit code 137" in killed_note
 
 
 def test_failed_pods_are_kept_for_inspection_per_delete_worker_pods_on_failure(cp, disturbed_render):
     """delete_worker_pods_on_failure=False (helm/airflow-values.yaml): kubectl describe still works."""
-    for pod, reason in (
-        (disturbed_render.evicted_pod, "Evicted"),
-        (disturbed_render.killed[1], "Error"),
-        (disturbed_render.oom_killed[1], "OOMKilled"),
-    ):
-        kept = cp.cluster.pod(pod)
-        assert kept is not None and kept["status"]["phase"] == "Failed", pod
-        state = kept["status"]["containerStatuses"][0]["state"]
-        assert reason in (kept["status"].get("reason"), (state.get("terminated") or {}).get("reason"))
+    kept = [(pod, fault.kept_reason) for fault, _, pod in disturbed_render.faults if fault.kept_reason]
+    if disturbed_render.evicted_pod:
+        kept.append((disturbed_render.evicted_pod, "Evicted"))
+    for pod, reason in kept:
+        obj = cp.pods.pod(pod)
+        assert obj is not None and obj["status"]["phase"] == "Failed", pod
+        state = obj["status"]["containerStatuses"][0]["state"]
+        assert reason in (obj["status"].get("reason"), (state.get("terminated") or {}).get("reason"))
     for record in cp.pods_of(DAG_ID, disturbed_render.run_id):
         if record.phase == "Succeeded":
-            cp.cluster.wait_for(lambda record=record: record.deleted_at, timeout=10)
+            cp.pods.wait_for(lambda record=record: record.deleted_at, timeout=10)

@@ -1,12 +1,10 @@
 """The scheduler restarts (SIGTERM, as in a rolling update) in the middle of a render run.
 
-First while the run's pod is bound but its container not started yet (held), so the new
-scheduler must adopt a pod of the old one; then again while a render chunk runs.
+On the harness, first while the run's pod is bound but its container not started yet (held), so
+the new scheduler must adopt a pod of the old one; then (on any cluster) while a render chunk runs.
 """
 
 from __future__ import annotations
-
-import time
 
 from tests.cluster.test_pod_faults import wait_for_running_chunk
 
@@ -18,36 +16,32 @@ def scheduler_jobs(client) -> dict[int, str]:
     return {job["id"]: job["state"] for job in jobs}
 
 
-def restart_scheduler(cp) -> float:
-    """Stop and start the scheduler; returns how long the stop took."""
-    began = time.monotonic()
-    cp.stack.stop_component("scheduler")
-    stopped_after = time.monotonic() - began
-    cp.stack.start_component("scheduler")
-    return stopped_after
-
-
 def test_a_restarted_scheduler_adopts_or_cleans_up_its_pods_and_the_run_succeeds(cp):
-    cluster, client = cp.cluster, cp.client
-    with cluster.containers_held():
+    client = cp.client
+    if cp.harness is None:
         run_id = client.trigger(DAG_ID)
-        planner = cluster.wait_for(lambda: [r for r in cp.pods_of(DAG_ID, run_id) if r.node], timeout=60)[0]
-        old_scheduler = planner.labels["airflow-worker"]
+    else:
+        with cp.harness.containers_held():  # a pod bound, its container not started
+            run_id = client.trigger(DAG_ID)
+            planner = cp.pods.wait_for(lambda: [r for r in cp.pods_of(DAG_ID, run_id) if r.node], timeout=60)[
+                0
+            ]
+            old_scheduler = planner.labels["airflow-worker"]
 
-        stop_seconds = restart_scheduler(cp)
-        # A clean exit (fanout.executors stops the pod watcher at once) marks the old job done,
-        # so the new scheduler adopts its pods right away instead of minutes later.
-        assert stop_seconds < 10, f"the scheduler took {stop_seconds:.0f}s to stop"
-        assert scheduler_jobs(client)[int(old_scheduler)] == "success"
-        cluster.wait_for(
-            lambda: planner.labels["airflow-worker"] != old_scheduler,
-            timeout=60,
-            message=f"the new scheduler did not adopt {planner.name}",
-        )
+            stop_seconds = cp.restart_scheduler()
+            # A clean exit (fanout.executors stops the pod watcher at once) marks the old job done,
+            # so the new scheduler adopts its pods right away instead of minutes later.
+            assert stop_seconds < 10, f"the scheduler took {stop_seconds:.0f}s to stop"
+            assert scheduler_jobs(client)[int(old_scheduler)] == "success"
+            cp.pods.wait_for(
+                lambda: planner.labels["airflow-worker"] != old_scheduler,
+                timeout=60,
+                message=f"the new scheduler did not adopt {planner.name}",
+            )
 
     wait_for_running_chunk(cp, run_id, skip=set())
     alive = [r for r in cp.pods_of(DAG_ID, run_id) if r.deleted_at is None]
-    restart_scheduler(cp)
+    cp.restart_scheduler()
 
     run = client.wait_run(DAG_ID, run_id, timeout=300)
     assert run["state"] == "success"
@@ -56,7 +50,8 @@ def test_a_restarted_scheduler_adopts_or_cleans_up_its_pods_and_the_run_succeeds
     # Nothing of the run is left behind: every pod, adopted or not, was deleted once done.
     assert alive
     for record in cp.pods_of(DAG_ID, run_id):
-        cluster.wait_for(
+        cp.pods.wait_for(
             lambda record=record: record.deleted_at, timeout=30, message=f"{record.name} was left behind"
         )
-    assert not cluster.pod_processes()
+    if cp.harness is not None:
+        assert not cp.harness.pod_processes()

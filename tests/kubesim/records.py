@@ -1,7 +1,8 @@
 """What happened to every pod and node, kept after pods are deleted, for tests to assert on.
 
-The recorder follows the store's changes (the same stream a watch sees), so every record reflects states
-the API really served: which node a pod was bound to, when it was created, scheduled, started, finished
+The recorder follows the store's changes (the same stream a watch sees), or, fed by ``observe``, any
+API server's watch events (``tests/cluster/observe.py``), so every record reflects states the API really
+served: which node a pod was bound to, when it was created, scheduled, started, finished
 and deleted, with which exit code and reason; and after every change of what is bound to a node, the
 node's requested resources (the capacity history).
 """
@@ -52,19 +53,21 @@ class CapacitySample:
 
 
 class Recorder:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store | None = None):
         self._lock = threading.Lock()
         self._records: dict[str, PodRecord] = {}  # by uid, in creation order
         self._bound: dict[str, dict[str, Any]] = {}  # uid -> pod, pods holding node resources
         self.capacity: list[CapacitySample] = []
-        store.subscribe(self._on_change)
+        if store is not None:
+            store.subscribe(self.observe)
 
     @property
     def records(self) -> list[PodRecord]:
         with self._lock:
             return list(self._records.values())
 
-    def _on_change(self, change: Change) -> None:
+    def observe(self, change: Change) -> None:
+        """Take one change of a pod (as a watch event: type, object, and the object before it)."""
         if change.kind != "Pod":
             return
         now = time.time()
