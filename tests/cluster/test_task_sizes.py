@@ -32,8 +32,10 @@ def oversized_shard(cp: ClusterPipeline) -> tuple[str, list[str]]:
 def test_a_size_no_node_of_its_pool_can_hold_fails_at_once_without_a_retry(cp):
     client = cp.client
     memory, cpu_nodes = oversized_shard(cp)
+    deployed = json.loads(cp.stack.env().get("FANOUT_TASK_SIZES") or "{}")  # a real cluster's, if any
+    sizes = {**deployed, "shard": {**deployed.get("shard", {}), "memory": memory}}
     client.unpause(SIZE_DAG_ID)
-    cp.restart_scheduler({"FANOUT_TASK_SIZES": json.dumps({"shard": {"memory": memory}})})
+    cp.restart_scheduler({"FANOUT_TASK_SIZES": json.dumps(sizes)})
     try:
         began = time.time()
         run_id = client.trigger(SIZE_DAG_ID)
@@ -45,11 +47,13 @@ def test_a_size_no_node_of_its_pool_can_hold_fails_at_once_without_a_retry(cp):
     assert run["state"] == "failed"
     assert (ti["state"], ti["try_number"], ti["max_tries"]) == ("failed", 1, 0), "no retry was spent"
     note = ti["note"] or ""
-    assert note.startswith(f"Try 1: task size 'shard' asks for cpu 2, memory {memory}, ephemeral-storage 8Gi")
+    assert note.startswith("Try 1: task size 'shard' asks for cpu ") and f", memory {memory}, " in note
     assert "more than any node of the cpu pool" in note and "FANOUT_TASK_SIZES" in note
     assert all(f"{node} offers cpu" in note for node in cpu_nodes[:5])
     audit = client.get("/eventLogs", dag_id=SIZE_DAG_ID, run_id=run_id, limit=100)["event_logs"]
-    assert [e["extra"] for e in audit if e["event"] == "worker pod not created"] == [note.removeprefix("Try 1: ")]
+    assert [e["extra"] for e in audit if e["event"] == "worker pod not created"] == [
+        note.removeprefix("Try 1: ")
+    ]
     assert cp.pods_of(SIZE_DAG_ID, run_id) == [], "no pod was created"
     queued_timeout = float(TEST_SETTINGS["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"])
     assert ts(ti["end_date"]) - began < queued_timeout, "failed before task_queued_timeout"
