@@ -114,13 +114,13 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
             return nodes
         try:
             nodes = self.kube_client.list_node().items
-        except ApiException as err:
+        except Exception as err:  # forbidden, or the API unreachable: never fail a task for it
             if nodes is None and listed_at == float("-inf"):  # say it once, not per task
+                detail = f"{err.status} {err.reason}" if isinstance(err, ApiException) else repr(err)
                 self.log.warning(
-                    "Cannot list nodes (%s %s): task sizes are not checked against the nodes. "
+                    "Cannot list nodes (%s): task sizes are not checked against the nodes. "
                     "Grant the scheduler get/list on nodes (helm/fanout rbac.create).",
-                    err.status,
-                    err.reason,
+                    detail,
                 )
             nodes = None
         self._nodes = (time.monotonic(), nodes)
