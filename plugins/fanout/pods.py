@@ -158,7 +158,7 @@ def _readable(resource: str, amount: Decimal) -> str:
     if resource in ("memory", "ephemeral-storage"):
         for suffix, factor in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2)):
             if amount >= factor:
-                return f"{amount / factor:.3g}{suffix}"
+                return f"{amount / factor:.1f}".removesuffix(".0") + suffix
         return str(amount)
     return f"{amount.normalize():f}"
 
