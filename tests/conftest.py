@@ -35,3 +35,12 @@ def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback for the session; see tests/s3.py."""
+    from tests.s3 import S3Server
+
+    with S3Server() as server:
+        yield server
