@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo cluster-demo up test lint format clean helm helm-lint bench bench-quick
+.PHONY: help venv demo cluster-demo up test test-images images lock lint format clean helm helm-lint bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,8 +27,22 @@ cluster-demo: venv  ## run the pipeline with the KubernetesExecutor on the local
 up: venv  ## keep a local Airflow running, web UI on http://127.0.0.1:8080 (Ctrl-C stops it)
 	PYTHONPATH=plugins $(PY) -m fanout.demo up
 
-test: venv lint  ## run every test (unit, DAG integrity, end-to-end)
-	$(PY) -m pytest
+test: venv lint  ## run every test but the Docker ones (unit, DAG integrity, end-to-end, S3)
+	$(PY) -m pytest -m "not docker"
+
+# The official base by default; AIRFLOW_BASE=standin builds a local stand-in of it first
+# (images/airflow-base: for machines that cannot pull it).
+AIRFLOW_BASE ?= apache/airflow:3.3.2-python3.11
+IMAGES ?= airflow gpu-worker
+
+images:  ## build fanout-airflow and fanout-gpu-worker (several GB) with a local Docker engine
+	images/build.sh --base $(AIRFLOW_BASE) $(IMAGES)
+
+test-images: venv  ## build and test the airflow image, then the compose stack end to end (base: FANOUT_AIRFLOW_BASE, else a local stand-in)
+	$(PY) -m pytest -m docker
+
+lock: venv  ## re-resolve constraints.txt after changing a requirements file (images/lock.sh)
+	images/lock.sh
 
 bench: venv  ## run every benchmark (~10 min on 2 cores): bench/results/<date>.json, table, bench/README.md
 	PYTHONPATH=plugins $(PY) -m bench
