@@ -242,6 +242,13 @@ def test_every_long_running_service_is_healthy(stack, pipeline):
     expected = {service: "healthy" for service in yaml.safe_load(COMPOSE_FILE.read_text())["services"]}
     expected["airflow-init"] = "exited:0"
     assert state == expected
+    # The dag-processor's and triggerer's check fails for a job nobody runs.
+    assert (
+        stack.compose(
+            "exec", "-T", "triggerer", "python", "/opt/fanout/jobcheck.py", "NoSuchJob", check=False
+        ).returncode
+        == 1
+    )
 
 
 def test_dask_workers_budget_the_memory_of_their_container(stack):
