@@ -1,16 +1,28 @@
-"""Rendering: ray-traced frames in chunks (fan-out, CPU or GPU), encoded to MP4 (fan-in).
+"""# Rendering: a ray-traced video of the model's predictions (the pipeline's last stage)
 
-Scheduled on a new model, whose prediction surface textures the floor of the scene.
-plan_chunks -> render_chunk x N -> encode_video -> Asset fanout_video
+Asset **fanout_model** → `plan_chunks` → `render_chunk` x chunks → `encode_video` → Asset **fanout_video**
+
+Scheduled by the `fanout_model` event of **fanout_train**: the scene's floor is textured with
+the new model's predicted fare over distance x hour of day (or set the `model` param).
+
+1. **plan_chunks** splits the `n_frames` frames into chunks of `chunk_size`.
+2. **render_chunk**, one mapped task per chunk (named by its frame range in the grid),
+   ray-traces its frames with torch tensor ops, on a GPU when the task has one.
+3. **encode_video** checks that the chunks cover every frame, encodes them into an H.264 MP4
+   and draws a contact sheet; it emits the `fanout_video` asset event.
+
+Outputs live under `render/<run>/` of `FANOUT_ARTIFACT_ROOT`. The **Fanout report** tab of a
+run plays the video and shows the contact sheet.
 """
 
 from __future__ import annotations
+
+from inspect import cleandoc
 
 from airflow.sdk import Param, dag, task
 
 from fanout.dagkit import (
     MODEL,
-    OWNER,
     VIDEO,
     Tag,
     default_args,
@@ -34,7 +46,6 @@ DAG_ID = "fanout_render"
     max_active_runs=1,
     default_args=default_args(),
     tags=[Tag.FANOUT, Tag.RENDERING, Tag.PYTORCH, Tag.GPU],
-    owner_links={OWNER: "https://github.com/fanout"},
     params=params(
         DAG_ID,
         n_frames=Param(72, type="integer", minimum=1, maximum=100_000, description="Frames in the video"),
@@ -54,7 +65,18 @@ DAG_ID = "fanout_render"
     doc_md=__doc__,
 )
 def fanout_render():
-    @task(**placement("bookkeeping"))
+    @task(
+        **placement("bookkeeping"),
+        doc_md=cleandoc(
+            """Split the video's frames into chunks, one `render_chunk` task each.
+
+            - **Reads:** the params and the triggering `fanout_model` event (the model path).
+            - **Writes:** nothing.
+            - **Returns:** per chunk its frame range (start inclusive, stop exclusive) and the model.
+            - **Size:** `bookkeeping`, on the CPU node pool.
+            """
+        ),
+    )
     def plan_chunks(params: dict | None = None) -> list[dict]:
         from fanout import render, train
         from fanout.keys import check_key
@@ -68,7 +90,22 @@ def fanout_render():
                 train.load_model(ArtifactStore(), check_key(model, "param 'model'"), device="cpu")
         return [{**chunk, "model": model} for chunk in chunks]
 
-    @task(**placement("frames"), multiple_outputs=False, max_active_tis_per_dagrun=16)
+    @task(
+        **placement("frames"),
+        multiple_outputs=False,
+        max_active_tis_per_dagrun=16,
+        # The frames it renders, inclusive, e.g. "frames 8-15".
+        map_index_template="frames {{ task.op_kwargs['chunk']['start'] }}-{{ task.op_kwargs['chunk']['stop'] - 1 }}",
+        doc_md=cleandoc(
+            """Ray-trace one chunk of frames.
+
+            - **Reads:** the model (`model.pt`), whose prediction surface textures the floor.
+            - **Writes:** `render/<run>/chunks/chunk-<n>/`: one PNG per frame and `_SUCCESS.json`.
+            - **Size:** `frames`, on the GPU node pool (one GPU, gated by the `fanout_gpu` Airflow
+              pool), or the CPU pool with `FANOUT_RENDER_POOL=cpu`; at most 16 run at once per DAG run.
+            """
+        ),
+    )
     def render_chunk(chunk: dict, params: dict | None = None) -> dict:
         from fanout import render
         from fanout.storage import ArtifactStore
@@ -94,7 +131,20 @@ def fanout_render():
                 texture=texture,
             )
 
-    @task(**placement("encode"), multiple_outputs=False, outlets=[VIDEO])
+    @task(
+        **placement("encode"),
+        multiple_outputs=False,
+        outlets=[VIDEO],
+        doc_md=cleandoc(
+            """Fan-in: encode the frames into a video and draw a contact sheet.
+
+            - **Reads:** every chunk's `_SUCCESS.json` and frames.
+            - **Writes:** `render/<run>/video/`: `render.mp4` (H.264, `fps` frames per second),
+              `contact_sheet.png` and `_SUCCESS.json`; emits the `fanout_video` asset event.
+            - **Size:** `encode`, on the CPU node pool.
+            """
+        ),
+    )
     def encode_video(chunks: list[dict], params: dict | None = None) -> dict:
         from fanout import render
         from fanout.storage import ArtifactStore

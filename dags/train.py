@@ -1,17 +1,32 @@
-"""Training: a PyTorch hyper-parameter sweep, one trial per mapped task (fan-out), best model (fan-in).
+"""# Training: a hyper-parameter sweep of PyTorch fare regressors (the pipeline's second stage)
 
-Scheduled on new features. plan_trials -> train_trial x N (GPU pool, checkpointed) -> select_best
-─▶ Asset fanout_model
+Asset **fanout_features** → `plan_trials` → `train_trial` x trials → `select_best` → Asset **fanout_model**
+
+Scheduled by the `fanout_features` event of **fanout_preprocess**: the event names the
+features manifest to train on (or set the `features_manifest` param).
+
+1. **plan_trials** draws the sweep: trial 0 is a known-good baseline, the others sample the
+   learning rate, width, depth, batch size, dropout and activation from a seeded search space.
+2. **train_trial**, one mapped task per trial (named by its hyper-parameters in the grid),
+   trains an MLP on the shared train/validation split, checkpointing every epoch so a retry
+   resumes where the killed try stopped. On Kubernetes each trial gets one GPU and a slot of
+   the `fanout_gpu` Airflow pool.
+3. **select_best** ranks the trials by validation RMSE and keeps the best model; publishing it
+   emits the `fanout_model` asset event, which schedules **fanout_render**.
+
+Outputs live under `train/<run>/` of `FANOUT_ARTIFACT_ROOT`. The **Fanout report** tab of a run
+shows every trial's loss curves with the best one marked.
 """
 
 from __future__ import annotations
+
+from inspect import cleandoc
 
 from airflow.sdk import Param, dag, task
 
 from fanout.dagkit import (
     FEATURES,
     MODEL,
-    OWNER,
     Tag,
     default_args,
     fail_fast,
@@ -34,7 +49,6 @@ DAG_ID = "fanout_train"
     max_active_runs=1,
     default_args=default_args(),
     tags=[Tag.FANOUT, Tag.TRAINING, Tag.PYTORCH, Tag.GPU],
-    owner_links={OWNER: "https://github.com/fanout"},
     params=params(
         DAG_ID,
         n_trials=Param(6, type="integer", minimum=1, maximum=256, description="Hyper-parameter trials"),
@@ -53,7 +67,19 @@ DAG_ID = "fanout_train"
     doc_md=__doc__,
 )
 def fanout_train():
-    @task(**placement("bookkeeping"))
+    @task(
+        **placement("bookkeeping"),
+        doc_md=cleandoc(
+            """Draw the sweep's hyper-parameter sets.
+
+            - **Reads:** the params and the triggering `fanout_features` event (the manifest path);
+              checks that the manifest exists.
+            - **Writes:** nothing.
+            - **Returns:** one spec per trial (hyper-parameters, manifest, rows), one `train_trial` each.
+            - **Size:** `bookkeeping`, on the CPU node pool.
+            """
+        ),
+    )
     def plan_trials(params: dict | None = None) -> list[dict]:
         from fanout import train
         from fanout.errors import BadInputError
@@ -70,7 +96,27 @@ def fanout_train():
             trials = train.plan_trials(params["n_trials"], epochs=params["epochs"], seed=params["seed"])
         return [{"trial": t, "features_manifest": manifest, "max_rows": params["max_rows"]} for t in trials]
 
-    @task(**placement("trial"), multiple_outputs=False, max_active_tis_per_dagrun=16)
+    @task(
+        **placement("trial"),
+        multiple_outputs=False,
+        max_active_tis_per_dagrun=16,
+        # The trial and what sets it apart, e.g. "trial 2: lr 0.007, 2x128 gelu, batch 256".
+        map_index_template=(
+            "{% set t = task.op_kwargs['spec']['trial'] %}trial {{ t['trial'] }}: lr {{ t['lr'] }}, "
+            "{{ t['depth'] }}x{{ t['hidden'] }} {{ t['activation'] }}, batch {{ t['batch_size'] }}"
+        ),
+        doc_md=cleandoc(
+            """Train one trial's MLP regressor, checkpointed every epoch.
+
+            - **Reads:** the features manifest and the feature shards it lists (up to `max_rows`
+              rows), and the trial's last checkpoint when a retry resumes.
+            - **Writes:** `train/<run>/trials/trial-<n>/`: `checkpoint.pt` (every epoch), `model.pt`,
+              `metrics.json` (per-epoch train and validation loss, RMSE, timings) and `_SUCCESS.json`.
+            - **Size:** `trial`, on the GPU node pool (one GPU), gated by the `fanout_gpu` Airflow
+              pool; at most 16 run at once per DAG run.
+            """
+        ),
+    )
     def train_trial(spec: dict) -> dict:
         from fanout import train
         from fanout.storage import ArtifactStore
@@ -81,7 +127,21 @@ def fanout_train():
                 ArtifactStore(), spec["features_manifest"], spec["trial"], unit, max_rows=spec["max_rows"]
             )
 
-    @task(**placement("bookkeeping"), multiple_outputs=False, outlets=[MODEL])
+    @task(
+        **placement("bookkeeping"),
+        multiple_outputs=False,
+        outlets=[MODEL],
+        doc_md=cleandoc(
+            """Fan-in: rank the trials by validation RMSE and keep the best model.
+
+            - **Reads:** every trial's `_SUCCESS.json` and `metrics.json`, the best trial's `model.pt`.
+            - **Writes:** `train/<run>/best/`: `model.pt`, `metrics.json` (the ranking, every trial's
+              hyper-parameters and per-epoch losses) and `_SUCCESS.json`; emits the `fanout_model`
+              asset event that schedules rendering.
+            - **Size:** `bookkeeping`, on the CPU node pool.
+            """
+        ),
+    )
     def select_best(trials: list[dict]) -> dict:
         from fanout import train
         from fanout.storage import ArtifactStore

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -127,3 +128,78 @@ def test_path_params_refuse_paths_outside_the_artifact_root_at_trigger(dagbag, d
     for bad in ("../outside/ds", "/etc/passwd", "s3://elsewhere/x"):
         with pytest.raises(ParamValidationError):
             param.resolve(bad)
+
+
+@pytest.mark.parametrize("dag_id", PIPELINE_DAGS)
+def test_dag_doc_explains_every_task_and_what_it_publishes(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    for task in dag.tasks:
+        assert f"**{task.task_id}**" in dag.doc_md, f"{dag_id}'s doc does not explain {task.task_id}"
+    for task in dag.tasks:
+        for outlet in task.outlets:
+            assert outlet.name in dag.doc_md, f"{dag_id}'s doc does not name the asset {outlet.name}"
+    assert not dag.owner_links, "owner links must lead somewhere real; none until the project has a page"
+
+
+@pytest.mark.parametrize("dag_id", PIPELINE_DAGS)
+def test_every_task_documents_what_it_reads_and_writes_its_size_and_pool(dagbag, dag_id):
+    from fanout.pools import SIZE_KEY
+
+    for task in dagbag.dags[dag_id].tasks:
+        doc = task.doc_md or ""
+        # The UI renders a task's doc as Markdown as it is: an indented docstring becomes a code block.
+        assert doc == inspect.cleandoc(doc), f"{dag_id}.{task.task_id}: its doc is indented"
+        for part in ("**Reads:**", "**Writes:**", "**Size:**"):
+            assert part in doc, f"{dag_id}.{task.task_id}: no {part} in its doc"
+        size = task.executor_config[SIZE_KEY]
+        assert f"`{size}`" in doc, f"{dag_id}.{task.task_id}: its doc does not name its size {size!r}"
+        assert "node pool" in doc, f"{dag_id}.{task.task_id}: its doc does not say which node pool"
+        if task.pool != "default_pool":
+            assert f"`{task.pool}`" in doc, f"{dag_id}.{task.task_id}: its doc does not name pool {task.pool}"
+
+
+def _map_index(dag, task_id: str, **op_kwargs) -> str:
+    """The task's map_index_template rendered as the task runner renders it (the DAG's Jinja env)."""
+    from types import SimpleNamespace
+
+    template = dag.get_task(task_id).map_index_template
+    assert template, f"{dag.dag_id}.{task_id} has no map_index_template: the grid would show bare numbers"
+    return dag.get_template_env().from_string(template).render(task=SimpleNamespace(op_kwargs=op_kwargs))
+
+
+def test_every_mapped_task_has_a_map_index_template(dagbag):
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    for dag_id in PIPELINE_DAGS:
+        for task in dagbag.dags[dag_id].tasks:
+            if isinstance(task, MappedOperator):
+                assert task.map_index_template, f"{dag_id}.{task.task_id} has no map_index_template"
+
+
+def test_shards_are_named_by_their_file(dagbag):
+    shard = "datasets/rides/seed7-6x500000-dirt0.03/shard-00003.parquet"
+    assert _map_index(dagbag.dags["fanout_preprocess"], "featurise_shard", raw_shard=shard) == "shard-00003"
+
+
+def test_trials_are_named_by_their_hyper_parameters(dagbag):
+    from fanout import train
+
+    trials = train.plan_trials(3, epochs=2, seed=11)
+    names = [
+        _map_index(dagbag.dags["fanout_train"], "train_trial", spec={"trial": trial, "max_rows": 1})
+        for trial in trials
+    ]
+    t = trials[2]
+    assert names[2] == (
+        f"trial 2: lr {t['lr']}, {t['depth']}x{t['hidden']} {t['activation']}, batch {t['batch_size']}"
+    )
+    assert len(set(names)) == len(names), names
+    assert all(len(name) <= 250 for name in names), "rendered_map_index is a VARCHAR(250)"
+
+
+def test_render_chunks_are_named_by_their_inclusive_frame_range(dagbag):
+    from fanout import render
+
+    dag = dagbag.dags["fanout_render"]
+    names = [_map_index(dag, "render_chunk", chunk=chunk) for chunk in render.plan_chunks(20, 8)]
+    assert names == ["frames 0-7", "frames 8-15", "frames 16-19"]
