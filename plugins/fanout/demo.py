@@ -137,7 +137,6 @@ def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, st
         "features": ("fanout_preprocess", "preprocess/{run}/merged/manifest.json"),
         "model": ("fanout_train", "train/{run}/best/model.pt"),
         "metrics": ("fanout_train", "train/{run}/best/metrics.json"),
-        "loss curves": ("fanout_train", "train/{run}/best/loss_curves.png"),
         "video": ("fanout_render", "render/{run}/video/render.mp4"),
         "contact sheet": ("fanout_render", "render/{run}/video/contact_sheet.png"),
     }

@@ -4,7 +4,7 @@ The DAG glue calls, in order:
 
 * ``plan_trials``       -- the sweep, one JSON-able dict per trial (the mapped task's argument);
 * ``train_trial``       -- one trial into its own unit, checkpointed every epoch so a retry resumes;
-* ``select_best``       -- the fan-in: ranks the verified trials, keeps the best model, draws the curves;
+* ``select_best``       -- the fan-in: ranks the verified trials, keeps the best model and every curve;
 * ``prediction_surface``-- a 2-D texture of the best model's predictions for the renderer.
 
 Data contract: ``features_manifest`` (written by the preprocessing fan-in) names the feature columns,
@@ -25,14 +25,14 @@ Outputs (paths relative to the store):
   ``load_model`` and ``predict`` use it;
 * ``<trial unit>/metrics.json`` -- per-epoch ``train_loss``/``val_loss``/``val_rmse_per_epoch``,
   ``val_rmse``, ``best_epoch``, ``split``, ``seconds``, ``device``, ``attempts`` (one per resume);
-* ``<best unit>/model.pt`` (copy of the best), ``metrics.json`` (ranking), ``loss_curves.png``.
+* ``<best unit>/model.pt`` (copy of the best), ``metrics.json`` (the ranking, with every trial's
+  per-epoch losses: the report plugin, ``fanout.report``, charts them).
 
 Importing this module does not import torch or pyarrow, so a DAG file may import it cheaply.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import shutil
@@ -48,14 +48,12 @@ from fanout.storage import ArtifactStore, sha256_file
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
-LOSS_CURVES = "loss_curves.png"
 
 MODEL_FORMAT = "fanout.mlp-regressor/1"
 CHECKPOINT_FORMAT = "fanout.trial-checkpoint/1"
@@ -706,14 +704,15 @@ def predict(model: torch.nn.Module, bundle: Mapping[str, Any], features: Mapping
 
 
 def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str) -> dict[str, Any]:
-    """Rank the verified trials by validation RMSE, keep the best model, chart every loss curve.
+    """Rank the verified trials by validation RMSE and keep the best model.
 
     ``trial_units`` are the trials' unit paths (``train_trial``'s result dicts are accepted as well).
 
-    Writes ``out_unit/model.pt`` (a copy of the best trial's), ``out_unit/metrics.json`` (the ranking
-    and the best hyper-parameters) and ``out_unit/loss_curves.png``, then commits the unit. Ties go
-    to the lower trial index; trials without a finite RMSE rank last. Raises ``BadInputError`` if a
-    trial unit is not verified or the trials were validated on different data.
+    Writes ``out_unit/model.pt`` (a copy of the best trial's) and ``out_unit/metrics.json`` (the
+    ranking with every trial's hyper-parameters and per-epoch losses, the best trial's details),
+    then commits the unit. Ties go to the lower trial index; trials without a finite RMSE rank
+    last. Raises ``BadInputError`` if a trial unit is not verified or the trials were validated on
+    different data.
     """
     if isinstance(trial_units, (str, bytes)):
         raise BadInputError("trial_units must be a list of trial unit paths, not one string")
@@ -750,9 +749,6 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
     store.invalidate(out_unit)
     with store.local_copy(f"{best['unit']}/{MODEL}") as source, store.staged(f"{out_unit}/{MODEL}") as tmp:
         shutil.copyfile(source, tmp)
-    png = io.BytesIO()
-    render_loss_curves(ranked).save(png, format="PNG", optimize=True)
-    store.write_bytes(f"{out_unit}/{LOSS_CURVES}", png.getvalue())
     ranking_keys = (
         "unit",
         "trial",
@@ -762,6 +758,10 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         "diverged",
         "seconds",
         "hyperparameters",
+        # Per-epoch losses (standardised MSE) and validation RMSE: the report's loss curves.
+        "train_loss",
+        "val_loss",
+        "val_rmse_per_epoch",
     )
     metrics = {
         "best": {
@@ -786,161 +786,17 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         "n_trials": len(ranked),
         "model": f"{out_unit}/{MODEL}",
         "metrics": f"{out_unit}/{METRICS}",
-        "loss_curves": f"{out_unit}/{LOSS_CURVES}",
         "skipped": False,
     }
     store.commit(
         out_unit,
-        [MODEL, METRICS, LOSS_CURVES],
+        [MODEL, METRICS],
         val_rmse=best["val_rmse"],
         best_trial=best["trial"],
         sources=sources,
         result=result,
     )
     return result
-
-
-# -- loss-curve chart (Pillow, so no plotting dependency) -----------------------------------------
-
-_PALETTE = (  # Tableau 10 without its red, which marks the best trial
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-)
-_BEST_COLOUR = (214, 39, 40)
-_LEGEND_ROWS = 14
-
-
-def _log_ticks(low: float, high: float) -> list[float]:
-    """Tick values for a log axis: decades, else 1-2-5, else every integer multiple, whichever gives >= 3."""
-    for multipliers in ((1,), (1, 2, 5), tuple(range(1, 10))):
-        ticks = [
-            m * 10.0**e
-            for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-            for m in multipliers
-            if low <= m * 10.0**e <= high
-        ]
-        if len(ticks) >= 3:
-            return ticks
-    return ticks
-
-
-def _linear_ticks(high: int) -> list[int]:
-    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**4, 10**5) if high / s <= 10)
-    return [1, *range(step, high + 1, step)] if step > 1 else list(range(1, high + 1))
-
-
-def render_loss_curves(
-    ranked: Sequence[Mapping[str, Any]], *, size: tuple[int, int] = (1400, 720)
-) -> Image.Image:
-    """A chart of training (left) and validation (right) loss per epoch, log scale, for every trial.
-
-    ``ranked`` are trial metrics (as in ``metrics.json``), best first; the best trial is drawn thick
-    in red on top of the others, and the legend lists the top trials with their validation RMSE.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    width, height = size
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image, "RGBA")  # RGBA mode blends translucent lines over each other
-    font, small, title_font = (ImageFont.load_default(size=s) for s in (15, 13, 20))
-
-    values = [
-        v for t in ranked for key in ("train_loss", "val_loss") for v in t[key] if v is not None and v > 0
-    ]
-    low, high = (min(values), max(values)) if values else (0.1, 1.0)
-    high = min(high, low * 1e3)  # a diverging trial runs along the top edge instead of flattening the rest
-    if high / low < 1.5:
-        low, high = low / 1.25, high * 1.25
-    log_low, log_high = math.log10(low) - 0.03, math.log10(high) + 0.03
-    max_epochs = max(2, *(len(t["train_loss"]) for t in ranked))
-
-    best = ranked[0]
-    best_rmse = "n/a" if best.get("val_rmse") is None else f"{best['val_rmse']:.4g} {best.get('target', '')}"
-    draw.text(
-        (30, 16),
-        f"Hyper-parameter sweep: loss per epoch ({len(ranked)} trials; "
-        f"best trial {best['trial']}, validation RMSE {best_rmse})",
-        fill="black",
-        font=title_font,
-    )
-    legend_left = width - 290
-    axis_gap = 75  # room for the second panel's tick labels
-    panel_width = (legend_left - 30 - 90 + axis_gap) // 2
-    top, bottom = 70, height - 70
-    panels = [("Training loss", "train_loss", 90), ("Validation loss", "val_loss", 90 + panel_width)]
-
-    for title, key, panel_left in panels:
-        left, right = panel_left, panel_left + panel_width - axis_gap
-
-        def to_xy(epoch: int, value: float, left=left, right=right) -> tuple[float, float]:
-            x = left + (epoch - 1) / (max_epochs - 1) * (right - left)
-            log_value = min(max(math.log10(max(value, 1e-300)), log_low), log_high)
-            return x, bottom - (log_value - log_low) / (log_high - log_low) * (bottom - top)
-
-        for tick in _log_ticks(10**log_low, 10**log_high):
-            _, y = to_xy(1, tick)
-            draw.line([(left, y), (right, y)], fill=(225, 225, 225), width=1)
-            label = f"{tick:.3g}"
-            draw.text((left - 8, y), label, fill="black", font=small, anchor="rm")
-        for tick in _linear_ticks(max_epochs):
-            x, _ = to_xy(tick, 1.0)
-            draw.line([(x, top), (x, bottom)], fill=(240, 240, 240), width=1)
-            draw.line([(x, bottom), (x, bottom + 5)], fill="black", width=1)
-            draw.text((x, bottom + 8), str(tick), fill="black", font=small, anchor="mt")
-        draw.rectangle([left, top, right, bottom], outline="black", width=1)
-        draw.text(((left + right) / 2, top - 8), title, fill="black", font=font, anchor="md")
-        draw.text(((left + right) / 2, bottom + 30), "epoch", fill="black", font=font, anchor="mt")
-
-        # Worst first, so better trials lie on top; the best is drawn last, thick.
-        for rank in range(len(ranked) - 1, -1, -1):
-            trial = ranked[rank]
-            is_best = rank == 0
-            colour = (*_BEST_COLOUR, 255) if is_best else (*_PALETTE[(rank - 1) % len(_PALETTE)], 170)
-            segment: list[tuple[float, float]] = []
-            for epoch, value in enumerate([*trial[key], None], 1):
-                if value is not None and math.isfinite(value):
-                    segment.append(to_xy(epoch, value))
-                    continue
-                if len(segment) > 1:
-                    draw.line(segment, fill=colour, width=4 if is_best else 2, joint="curve")
-                elif segment:
-                    (x, y) = segment[0]
-                    draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-                segment = []
-
-    # The y-axis label, rotated, left of the first panel.
-    label = "MSE of standardised target (log scale)"
-    box = draw.textbbox((0, 0), label, font=font)
-    text = Image.new("RGBA", (box[2] + 4, box[3] + 4), (255, 255, 255, 0))
-    ImageDraw.Draw(text).text((2, 0), label, fill="black", font=font)
-    text = text.rotate(90, expand=True)
-    image.paste(text, (8, (top + bottom - text.height) // 2), text)
-
-    draw.text((legend_left, top), "Trials by validation RMSE", fill="black", font=font)
-    shown = ranked[:_LEGEND_ROWS]
-    for row, trial in enumerate(shown):
-        y = top + 30 + row * 24
-        colour = _BEST_COLOUR if row == 0 else _PALETTE[(row - 1) % len(_PALETTE)]
-        draw.line([(legend_left, y + 8), (legend_left + 30, y + 8)], fill=colour, width=4 if row == 0 else 2)
-        rmse = "diverged" if trial["val_rmse"] is None else f"{trial['val_rmse']:.4g}"
-        suffix = "  (best)" if row == 0 else ""
-        draw.text(
-            (legend_left + 40, y),
-            f"#{row + 1} trial {trial['trial']}: {rmse}{suffix}",
-            fill="black",
-            font=small,
-        )
-    if len(ranked) > len(shown):
-        y = top + 30 + len(shown) * 24
-        draw.text((legend_left, y), f"... and {len(ranked) - len(shown)} more", fill="black", font=small)
-    return image
 
 
 # -- prediction surface for the renderer ---------------------------------------------------------
