@@ -20,13 +20,14 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from fanout.errors import BadInputError
 from fanout.keys import check_key
 from fanout.settings import settings
 
@@ -125,6 +126,56 @@ class ArtifactStore:
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
+
+    def size(self, rel: str) -> int:
+        """Bytes in the file ``rel``; FileNotFoundError if it is not a file."""
+        path = self.path(rel)
+        if not self.fs.isfile(path):
+            raise FileNotFoundError(f"artifact not found: {self.uri(rel)}")
+        return int(self.fs.size(path))
+
+    def iter_bytes(self, rel: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes of ``rel`` from ``start`` (``length`` of them, or to the end), in blocks.
+
+        For serving artifacts over HTTP (range requests) without holding a video in memory.
+        """
+        remaining = length
+        with self.fs.open(self.path(rel), "rb") as fh:
+            fh.seek(start)
+            while remaining is None or remaining > 0:
+                block = fh.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+                if not block:
+                    return
+                if remaining is not None:
+                    remaining -= len(block)
+                yield block
+
+    def files(self, rel: str) -> dict[str, int]:
+        """Every file under ``rel`` (paths relative to it) with its size; staged temporaries excluded."""
+        base = self.path(rel).rstrip("/")
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for path, info in found.items():
+            name = path[len(base) :].lstrip("/") if path.startswith(base) else path
+            if name and not any(part.startswith(".") for part in name.split("/")):
+                out[name] = int(info.get("size") or 0)
+        return dict(sorted(out.items()))
+
+    def contains(self, prefix: str, rel: str) -> bool:
+        """Whether ``rel`` really lies under ``prefix``: a plain key, and on a local store no link out."""
+        try:
+            check_key(rel)
+        except BadInputError:
+            return False
+        if any(part in ("", ".") for part in rel.split("/")):
+            return False
+        if not self.is_local:
+            return True  # object stores have no links; keys are taken literally
+        real_prefix = os.path.realpath(self.path(prefix))
+        return os.path.realpath(self.path(f"{prefix}/{rel}")).startswith(real_prefix + os.sep)
 
     @contextmanager
     def local_copy(self, rel: str) -> Generator[Path, None, None]:

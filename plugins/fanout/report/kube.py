@@ -1,0 +1,162 @@
+"""Where a run's tries ran on Kubernetes: pod, node, node pool, size, timestamps, exit reason.
+
+Asked of the Kubernetes API with the executor's own settings (``[kubernetes_executor]``:
+in-cluster or a kubeconfig, the namespace) when a run's tasks used a Kubernetes executor:
+
+* pods still there (running, or failed and kept: ``delete_worker_pods_on_failure=False``) are
+  found by the labels the executor gives every worker pod (``dag_id``, ``run_id``, and the
+  exact ``task_id``/``map_index``/``try_number`` in its annotations); they carry the node,
+  fanout's ``fanout.io/pool`` and ``fanout.io/size`` labels, the creation, scheduling and
+  container start times and the container's termination reason (OOMKilled, Error);
+* pods already deleted (``delete_worker_pods=True`` removes finished ones) leave their
+  ``Scheduled`` event ("Successfully assigned <ns>/<pod> to <node>"), kept by the API server
+  for its event TTL (one hour by default); the pod is the try's hostname, which a worker pod
+  reports as its own name.
+
+Older tries are "unknown node" once both are gone; the node pool of every try still follows
+from its task size (``fanout.pools``). Any failure to reach the API is a note on the page, not
+an error: the report shows what Airflow knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from fanout.report.model import Pod
+
+log = logging.getLogger(__name__)
+
+POOL_LABEL = "fanout.io/pool"
+SIZE_LABEL = "fanout.io/size"
+TIMEOUT = 5
+"""Seconds per Kubernetes API call: the page must not hang on an unreachable cluster."""
+_ASSIGNED = re.compile(r"Successfully assigned (?P<ns>[^/\s]+)/(?P<pod>\S+) to (?P<node>\S+)")
+
+Key = tuple[str, int, int]
+
+
+def _client():
+    from airflow.providers.cncf.kubernetes.kube_client import get_kube_client
+
+    return get_kube_client()
+
+
+def _namespaces() -> list[str] | None:
+    """The executor's namespace(s); None means every namespace (multi-namespace mode)."""
+    from airflow.configuration import conf
+
+    if conf.getboolean("kubernetes_executor", "multi_namespace_mode", fallback=False):
+        names = conf.get("kubernetes_executor", "multi_namespace_mode_namespace_list", fallback="")
+        return [n.strip() for n in names.split(",") if n.strip()] or None
+    return [conf.get("kubernetes_executor", "namespace", fallback="default")]
+
+
+def _get(obj: Any, *path: str) -> Any:
+    """``obj.a.b`` for kubernetes client models and plain dicts alike, None when absent."""
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+    return obj
+
+
+def pod_record(pod: Any) -> tuple[Key, Pod] | None:
+    """The try a worker pod ran, and where and how it ran."""
+    annotations = _get(pod, "metadata", "annotations") or {}
+    labels = _get(pod, "metadata", "labels") or {}
+    try:
+        key = (annotations["task_id"], int(annotations.get("map_index", -1)), int(annotations["try_number"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    scheduled = next(
+        (
+            _get(c, "last_transition_time")
+            for c in _get(pod, "status", "conditions") or []
+            if _get(c, "type") == "PodScheduled" and _get(c, "status") == "True"
+        ),
+        None,
+    )
+    statuses = _get(pod, "status", "container_statuses") or []
+    base = next((s for s in statuses if _get(s, "name") == "base"), statuses[0] if statuses else None)
+    started = _get(base, "state", "running", "started_at") or _get(base, "state", "terminated", "started_at")
+    reason = _get(base, "state", "terminated", "reason")
+    return key, Pod(
+        name=_get(pod, "metadata", "name"),
+        node=_get(pod, "spec", "node_name"),
+        pool=labels.get(POOL_LABEL),
+        size=labels.get(SIZE_LABEL),
+        created=_get(pod, "metadata", "creation_timestamp"),
+        scheduled=scheduled,
+        started=started,
+        phase=_get(pod, "status", "phase"),
+        reason=reason,
+    )
+
+
+def assignments(events: list[Any]) -> dict[str, tuple[str, datetime | None]]:
+    """Pod name -> (node, when) from ``Scheduled`` events."""
+    out: dict[str, tuple[str, datetime | None]] = {}
+    for event in events:
+        match = _ASSIGNED.search(_get(event, "message") or "")
+        if match:
+            when = (
+                _get(event, "event_time") or _get(event, "first_timestamp") or _get(event, "last_timestamp")
+            )
+            out[match.group("pod")] = (match.group("node"), when)
+    return out
+
+
+def pods_of_run(
+    dag_id: str, run_id: str, hostnames: Mapping[Key, str | None], problems: list[str] | None = None
+) -> dict[Key, Pod]:
+    """Every try of the run that the Kubernetes API still knows about, by (task, map index, try)."""
+    from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
+
+    selector = f"dag_id={make_safe_label_value(dag_id)},run_id={make_safe_label_value(run_id)}"
+    try:
+        api = _client()
+        namespaces = _namespaces()
+        if namespaces is None:
+            pods = api.list_pod_for_all_namespaces(label_selector=selector, _request_timeout=TIMEOUT).items
+            events = api.list_event_for_all_namespaces(
+                field_selector="involvedObject.kind=Pod,reason=Scheduled", _request_timeout=TIMEOUT
+            ).items
+        else:
+            pods, events = [], []
+            for namespace in namespaces:
+                pods += api.list_namespaced_pod(
+                    namespace, label_selector=selector, _request_timeout=TIMEOUT
+                ).items
+                events += api.list_namespaced_event(
+                    namespace,
+                    field_selector="involvedObject.kind=Pod,reason=Scheduled",
+                    _request_timeout=TIMEOUT,
+                ).items
+    except Exception as err:  # an unreachable or forbidding API must not break the page
+        log.warning("fanout report: no pod details from the Kubernetes API: %s", err)
+        if problems is not None:
+            problems.append(f"No pod details from the Kubernetes API ({type(err).__name__}: {err})".strip())
+        return {}
+    found: dict[Key, Pod] = {}
+    for pod in pods:
+        record = pod_record(pod)
+        annotations = _get(pod, "metadata", "annotations") or {}
+        if (
+            record
+            and annotations.get("dag_id", dag_id) == dag_id
+            and annotations.get("run_id", run_id) == run_id
+        ):
+            found[record[0]] = record[1]
+    assigned = assignments(events)
+    for key, hostname in hostnames.items():
+        if key in found or not hostname:
+            continue
+        pod_name = hostname.split(".", 1)[0]
+        if pod_name in assigned:
+            node, when = assigned[pod_name]
+            found[key] = Pod(name=pod_name, node=node, scheduled=when)
+    return found
