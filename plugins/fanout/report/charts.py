@@ -345,7 +345,7 @@ def drops(dropped: Mapping[str, int], rows_in: int) -> str:
     titles = {}
     for y, (reason, n) in enumerate(items):
         (bar,) = ax.barh(y, n, color="#8c564b", height=0.6)
-        gid = f"drops-{reason}"
+        gid = f"drops-reason-{reason}"
         bar.set_gid(gid)
         share = f" ({n / rows_in:.2%} of rows)" if rows_in else ""
         titles[gid] = f"{reason.replace('_', ' ')}: {n:,} rows{share}"

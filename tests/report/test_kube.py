@@ -1,0 +1,93 @@
+"""Pod placement read from Kubernetes objects as the client returns them (the executor's labels)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kubernetes.client import (
+    CoreV1Event,
+    V1ContainerState,
+    V1ContainerStateTerminated,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1ObjectReference,
+    V1Pod,
+    V1PodCondition,
+    V1PodSpec,
+    V1PodStatus,
+)
+
+from fanout.report import kube
+
+T = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def worker_pod(name="fanout-render-render-chunk-x1", node="gpu-node-1", reason="OOMKilled") -> V1Pod:
+    return V1Pod(
+        metadata=V1ObjectMeta(
+            name=name,
+            creation_timestamp=T,
+            labels={"dag_id": "fanout_render", "fanout.io/pool": "gpu", "fanout.io/size": "frames"},
+            annotations={
+                "dag_id": "fanout_render",
+                "task_id": "render_chunk",
+                "run_id": "r",
+                "map_index": "2",
+                "try_number": "1",
+            },
+        ),
+        spec=V1PodSpec(containers=[], node_name=node),
+        status=V1PodStatus(
+            phase="Failed",
+            conditions=[V1PodCondition(type="PodScheduled", status="True", last_transition_time=T)],
+            container_statuses=[
+                V1ContainerStatus(
+                    name="base",
+                    image="i",
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=V1ContainerState(
+                        terminated=V1ContainerStateTerminated(exit_code=137, reason=reason, started_at=T)
+                    ),
+                )
+            ],
+        ),
+    )
+
+
+def test_a_worker_pod_says_which_try_it_ran_where_and_why_it_ended():
+    key, pod = kube.pod_record(worker_pod())
+    assert key == ("render_chunk", 2, 1)
+    assert (pod.name, pod.node, pod.pool, pod.size) == (
+        "fanout-render-render-chunk-x1",
+        "gpu-node-1",
+        "gpu",
+        "frames",
+    )
+    assert (pod.scheduled, pod.started, pod.phase, pod.reason) == (T, T, "Failed", "OOMKilled")
+
+
+def test_a_pod_without_the_executors_annotations_is_not_a_try():
+    pod = worker_pod()
+    pod.metadata.annotations = {"dag_id": "fanout_render"}
+    assert kube.pod_record(pod) is None
+
+
+def test_scheduled_events_name_the_node_of_pods_already_deleted():
+    events = [
+        CoreV1Event(
+            metadata=V1ObjectMeta(name="e1"),
+            involved_object=V1ObjectReference(kind="Pod", name="p1"),
+            reason="Scheduled",
+            message="Successfully assigned fanout-workers/p1 to cpu-node-2",
+            first_timestamp=T,
+        ),
+        CoreV1Event(
+            metadata=V1ObjectMeta(name="e2"),
+            involved_object=V1ObjectReference(kind="Pod", name="p2"),
+            reason="Scheduled",
+            message="something else",
+        ),
+    ]
+    assert kube.assignments(events) == {"p1": ("cpu-node-2", T)}
