@@ -90,13 +90,18 @@ def test_only_plain_media_and_data_are_shown_inline(rel, media_type, inline):
     assert outputs.media_type(rel) == (media_type, inline)
 
 
-def test_collect_finds_the_video_the_contact_sheet_and_verified_units(store):
+def test_collect_finds_the_video_the_contact_sheet_and_committed_units(store):
+    store.write_bytes(f"{PREFIX}/chunks/chunk-0000/frame-00000.png", b"\x89PNG")  # not committed yet
     out = outputs.collect(store, DAG, RUN)
     assert out.video == "video/render.mp4" and out.contact_sheet == "video/contact_sheet.png"
-    assert set(out.files) == {"video/render.mp4", "video/contact_sheet.png", "video/_SUCCESS.json"}
-    assert out.units == {"video": True}
-    store.write_bytes(f"{PREFIX}/video/render.mp4", b"changed after the commit")
-    assert outputs.collect(store, DAG, RUN).units == {"video": False}
+    assert set(out.files) == {
+        "video/render.mp4",
+        "video/contact_sheet.png",
+        "video/_SUCCESS.json",
+        "chunks/chunk-0000/frame-00000.png",
+    }
+    assert out.units == ["video"]
+    assert out.preprocessing is None and out.training is None
 
 
 def test_loss_curves_come_from_the_ranking_or_from_each_trial_of_the_run(tmp_path):

@@ -75,8 +75,8 @@ def media_type(rel: str) -> tuple[str, bool]:
 class Outputs:
     prefix: str
     files: dict[str, int] = field(default_factory=dict)
-    units: dict[str, bool] = field(default_factory=dict)
-    """Unit folder -> verified (its ``_SUCCESS.json`` lists files that still match)."""
+    units: list[str] = field(default_factory=list)
+    """Unit folders committed (with a ``_SUCCESS.json``): listed, not re-hashed on every view."""
     preprocessing: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     video: str | None = None
@@ -102,10 +102,9 @@ def collect(store: ArtifactStore, dag_id: str, run_id: str) -> Outputs:
     """What the run wrote, and the manifests the report shows."""
     prefix = run_prefix(dag_id, run_id)
     out = Outputs(prefix=prefix, files=store.files(prefix))
-    for rel in out.files:
-        if rel.endswith(f"/{MANIFEST}") or rel == MANIFEST:
-            unit = rel.removesuffix(MANIFEST).rstrip("/")
-            out.units[unit] = store.verified(f"{prefix}/{unit}" if unit else prefix) is not None
+    out.units = [
+        rel.removesuffix(MANIFEST).rstrip("/") for rel in out.files if rel.rsplit("/", 1)[-1] == MANIFEST
+    ]
     if PREPROCESS_MANIFEST in out.files:
         out.preprocessing = _json(store, f"{prefix}/{PREPROCESS_MANIFEST}", out.problems)
     if TRAIN_METRICS in out.files:
