@@ -91,3 +91,30 @@ def test_scheduled_events_name_the_node_of_pods_already_deleted():
         ),
     ]
     assert kube.assignments(events) == {"p1": ("cpu-node-2", T)}
+
+
+class _Listing:
+    def __init__(self, items):
+        self.items = items
+
+
+class _ApiWithoutEventRights:
+    """The two list calls the report makes, answered as a cluster whose Role grants pods but not events."""
+
+    def list_namespaced_pod(self, namespace, label_selector, _request_timeout):
+        assert label_selector == "dag_id=fanout_render,run_id=r"
+        return _Listing([worker_pod()])
+
+    def list_namespaced_event(self, namespace, field_selector, _request_timeout):
+        from kubernetes.client.exceptions import ApiException
+
+        raise ApiException(status=403, reason="Forbidden")
+
+
+def test_without_rights_to_events_the_pods_still_show_and_the_page_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr(kube, "_client", _ApiWithoutEventRights)
+    monkeypatch.setattr(kube, "_namespaces", lambda: ["fanout-workers"])
+    problems: list[str] = []
+    found = kube.pods_of_run("fanout_render", "r", {("render_chunk", 2, 1): "p"}, problems)
+    assert found["render_chunk", 2, 1].node == "gpu-node-1"
+    assert len(problems) == 1 and "scheduling events" in problems[0] and "403" in problems[0]

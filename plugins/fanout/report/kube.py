@@ -14,7 +14,8 @@ in-cluster or a kubeconfig, the namespace) when a run's tasks used a Kubernetes 
   reports as its own name.
 
 Older tries are "unknown node" once both are gone; the node pool of every try still follows
-from its task size (``fanout.pools``). Any failure to reach the API is a note on the page, not
+from its task size (``fanout.pools``). The api-server needs ``list`` on pods (and on events, for
+deleted pods) in the workers' namespace; any failure to reach the API is a note on the page, not
 an error: the report shows what Airflow knows.
 """
 
@@ -117,30 +118,43 @@ def pods_of_run(
     from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
 
     selector = f"dag_id={make_safe_label_value(dag_id)},run_id={make_safe_label_value(run_id)}"
+    scheduled = "involvedObject.kind=Pod,reason=Scheduled"
+
+    def note(what: str, err: Exception) -> None:
+        log.warning("fanout report: no %s from the Kubernetes API: %s", what, err)
+        if problems is not None:
+            detail = (str(err).strip().splitlines() or [""])[0][:200]
+            problems.append(f"No {what} from the Kubernetes API ({type(err).__name__}: {detail})")
+
+    # An unreachable or forbidding API must not break the page: each answer is optional.
     try:
         api = _client()
         namespaces = _namespaces()
         if namespaces is None:
             pods = api.list_pod_for_all_namespaces(label_selector=selector, _request_timeout=TIMEOUT).items
-            events = api.list_event_for_all_namespaces(
-                field_selector="involvedObject.kind=Pod,reason=Scheduled", _request_timeout=TIMEOUT
-            ).items
         else:
-            pods, events = [], []
+            pods = []
             for namespace in namespaces:
                 pods += api.list_namespaced_pod(
                     namespace, label_selector=selector, _request_timeout=TIMEOUT
                 ).items
-                events += api.list_namespaced_event(
-                    namespace,
-                    field_selector="involvedObject.kind=Pod,reason=Scheduled",
-                    _request_timeout=TIMEOUT,
-                ).items
-    except Exception as err:  # an unreachable or forbidding API must not break the page
-        log.warning("fanout report: no pod details from the Kubernetes API: %s", err)
-        if problems is not None:
-            problems.append(f"No pod details from the Kubernetes API ({type(err).__name__}: {err})".strip())
+    except Exception as err:
+        note("pod details", err)
         return {}
+    try:  # needs "list events" (the node of a pod already deleted)
+        if namespaces is None:
+            events = api.list_event_for_all_namespaces(
+                field_selector=scheduled, _request_timeout=TIMEOUT
+            ).items
+        else:
+            events = []
+            for namespace in namespaces:
+                events += api.list_namespaced_event(
+                    namespace, field_selector=scheduled, _request_timeout=TIMEOUT
+                ).items
+    except Exception as err:
+        note("scheduling events (nodes of deleted pods)", err)
+        events = []
     found: dict[Key, Pod] = {}
     for pod in pods:
         record = pod_record(pod)
