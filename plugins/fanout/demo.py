@@ -191,6 +191,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         prepare(client, stack)
         print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
+        print("Each DAG run's page has a 'Fanout report' tab (or open /fanout/runs/<dag_id>/<run_id>).")
         print(f"Logs: {stack.home}/logs. Ctrl-C stops every component.", flush=True)
         while True:
             time.sleep(5)
