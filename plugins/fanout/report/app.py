@@ -124,7 +124,7 @@ def _render_page(report: Report) -> str:
     from markupsafe import Markup
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-    env.filters["duration"] = charts._duration
+    env.filters["duration"] = charts.duration
     env.filters["seconds"] = lambda s: "-" if s is None else f"{s:.1f}"
     env.filters["times"] = lambda x: "-" if x is None else f"{x:.2f}x"
     env.filters["percent"] = lambda x: "-" if x is None else f"{x:.0%}"

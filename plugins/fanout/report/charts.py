@@ -96,7 +96,7 @@ def _seconds(when: datetime | None, origin: datetime) -> float | None:
     return None if when is None else (when - origin).total_seconds()
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 60:
@@ -119,7 +119,7 @@ def run_bar_id(ti: TaskInstance | Try, try_number: int | None = None) -> str:
 
 def _try_title(ti: TaskInstance, t: Try) -> str:
     parts = [f"{ti.name}, try {t.try_number}: {t.state or 'no state'}"]
-    parts.append(f"queued {_duration(t.queue_seconds)}, ran {_duration(t.run_seconds)}")
+    parts.append(f"queued {duration(t.queue_seconds)}, ran {duration(t.run_seconds)}")
     if t.start:
         end = f"-{t.end:%H:%M:%S}" if t.end else " (running)"
         parts.append(f"{t.start:%H:%M:%S}{end} UTC")
@@ -255,11 +255,11 @@ def pipeline(chain: Sequence[Any]) -> str:
             gid = f"pipeline-run-{r.dag_id}"
             bar.set_gid(gid)
             wall = (end - r.start).total_seconds()
-            titles[gid] = f"{r.dag_id} {r.run_id}: {r.state}, {_duration(wall)}" + (
+            titles[gid] = f"{r.dag_id} {r.run_id}: {r.state}, {duration(wall)}" + (
                 f", triggered by {r.via}" if r.via else ""
             )
             ax.annotate(
-                _duration(wall),
+                duration(wall),
                 (_seconds(end, origin), y),
                 xytext=(4, 0),
                 textcoords="offset points",
