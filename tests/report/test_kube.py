@@ -118,3 +118,21 @@ def test_without_rights_to_events_the_pods_still_show_and_the_page_says_what_is_
     found = kube.pods_of_run("fanout_render", "r", {("render_chunk", 2, 1): "p"}, problems)
     assert found["render_chunk", 2, 1].node == "gpu-node-1"
     assert len(problems) == 1 and "scheduling events" in problems[0] and "403" in problems[0]
+
+
+def test_a_failed_pod_carries_the_executors_account_of_what_ended_its_try():
+    from fanout.failures import FAILURE_ANNOTATION, OOM_KILLED, TASK_PROCESS, TryFailure
+
+    record = TryFailure(
+        OOM_KILLED,
+        "fanout-workers/fanout-render-render-chunk-x1",
+        node="gpu-node-1",
+        process=TASK_PROCESS,
+        memory_limit="8Gi",
+    )
+    pod = worker_pod()
+    pod.metadata.annotations[FAILURE_ANNOTATION] = record.to_json()
+    _, placed = kube.pod_record(pod)
+    assert placed.failure == record.explain() and "8Gi" in placed.failure
+    pod.metadata.annotations[FAILURE_ANNOTATION] = "{not json"
+    assert kube.pod_record(pod)[1].failure is None

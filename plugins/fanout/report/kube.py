@@ -7,7 +7,8 @@ in-cluster or a kubeconfig, the namespace) when a run's tasks used a Kubernetes 
   found by the labels the executor gives every worker pod (``dag_id``, ``run_id``, and the
   exact ``task_id``/``map_index``/``try_number`` in its annotations); they carry the node,
   fanout's ``fanout.io/pool`` and ``fanout.io/size`` labels, the creation, scheduling and
-  container start times and the container's termination reason (OOMKilled, Error);
+  container start times, the container's termination reason (OOMKilled, Error) and, on a failed
+  pod, the executor's record of what ended the try (``fanout.io/failure``);
 * pods already deleted (``delete_worker_pods=True`` removes finished ones) leave their
   ``Scheduled`` event ("Successfully assigned <ns>/<pod> to <node>"), kept by the API server
   for its event TTL (one hour by default); the pod is the try's hostname, which a worker pod
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from fanout.failures import FAILURE_ANNOTATION, TryFailure
 from fanout.report.model import Pod
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,12 @@ def pod_record(pod: Any) -> tuple[Key, Pod] | None:
     base = next((s for s in statuses if _get(s, "name") == "base"), statuses[0] if statuses else None)
     started = _get(base, "state", "running", "started_at") or _get(base, "state", "terminated", "started_at")
     reason = _get(base, "state", "terminated", "reason")
+    failure = None
+    if annotations.get(FAILURE_ANNOTATION):
+        try:
+            failure = TryFailure.from_json(annotations[FAILURE_ANNOTATION]).explain()
+        except (ValueError, TypeError, KeyError):  # a record this version cannot read: the reason stays
+            failure = None
     return key, Pod(
         name=_get(pod, "metadata", "name"),
         node=_get(pod, "spec", "node_name"),
@@ -95,6 +103,7 @@ def pod_record(pod: Any) -> tuple[Key, Pod] | None:
         started=started,
         phase=_get(pod, "status", "phase"),
         reason=reason,
+        failure=failure,
     )
 
 

@@ -32,6 +32,8 @@ class Pod:
     phase: str | None = None
     reason: str | None = None
     """The container's termination reason (OOMKilled, Error, ...), if it ended."""
+    failure: str | None = None
+    """What ended the try, in words: the executor's record kept on a failed pod (``fanout.failures``)."""
 
 
 @dataclass(frozen=True)

@@ -153,9 +153,13 @@ def load_run(
 
     def as_try(row, reasons: dict[int, str]) -> Try:
         pod: Pod | None = placed.get((row.task_id, row.map_index, row.try_number))
+        # The note's line for this try, a retry policy's reason, or what the failed pod recorded.
         reason = reasons.get(row.try_number) or getattr(row, "retry_reason", None)
-        if reason is None and pod is not None and pod.reason and pod.reason not in ("Completed",):
-            reason = f"pod {pod.name}: {pod.reason}"
+        if reason is None and pod is not None:
+            if pod.failure:
+                reason = pod.failure
+            elif pod.reason and pod.reason != "Completed":
+                reason = f"pod {pod.name}: {pod.reason}"
         return Try(
             task_id=row.task_id,
             map_index=row.map_index,
