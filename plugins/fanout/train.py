@@ -24,7 +24,7 @@ Outputs (paths relative to the store):
   ``y_mean``/``y_std``, ``feature_stats``, ``hyperparameters``, ``val_rmse``, ``best_epoch``;
   ``load_model`` and ``predict`` use it;
 * ``<trial unit>/metrics.json`` -- per-epoch ``train_loss``/``val_loss``/``val_rmse_per_epoch``,
-  ``val_rmse``, ``best_epoch``, ``split``, ``seconds``, ``device``, ``attempts`` (one per resume);
+  ``val_rmse``, ``best_epoch``, ``split``, ``device`` (timings and resumed tries are in ``_SUCCESS.json``);
 * ``<best unit>/model.pt`` (copy of the best), ``metrics.json`` (the ranking, with every trial's
   per-epoch losses: the report plugin, ``fanout.report``, charts them).
 
@@ -33,6 +33,7 @@ Importing this module does not import torch or pyarrow, so a DAG file may import
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import shutil
@@ -426,11 +427,21 @@ def _load_checkpoint(store: ArtifactStore, rel: str, fingerprint: Mapping[str, A
     return checkpoint
 
 
-def _save_checkpoint(store: ArtifactStore, rel: str, checkpoint: Mapping[str, Any]) -> None:
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` of ``obj`` as bytes that depend on ``obj`` alone.
+
+    Saved to a file, torch names the archive's records after the file (our temporary name,
+    random), so two runs with the same seeds would differ; in memory the records are "archive/".
+    """
     import torch
 
-    with store.staged(rel) as tmp:
-        torch.save(dict(checkpoint), tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _save_checkpoint(store: ArtifactStore, rel: str, checkpoint: Mapping[str, Any]) -> None:
+    store.write_bytes(rel, torch_bytes(dict(checkpoint)))
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -611,8 +622,9 @@ def train_trial(
         "val_rmse": val_rmse,
         "best_epoch": best["epoch"],
     }
-    with store.staged(f"{out_unit}/{MODEL}") as tmp:
-        torch.save(bundle, tmp)
+    store.write_bytes(f"{out_unit}/{MODEL}", torch_bytes(bundle))
+    # Only what the seeds and data determine: the same trial trains to byte-identical files.
+    # Timings and the history of resumed tries go in the unit's manifest (``run``).
     metrics = {
         "trial": hp["trial"],
         "hyperparameters": hp,
@@ -635,9 +647,7 @@ def train_trial(
         "best_epoch": best["epoch"],
         "val_rmse": val_rmse,
         "diverged": diverged,
-        "seconds": round(history["seconds"], 3),
         "device": str(dev),
-        "attempts": history["attempts"],
     }
     store.write_json(f"{out_unit}/{METRICS}", metrics)
     result = {
@@ -651,7 +661,10 @@ def train_trial(
         "seconds": round(time.perf_counter() - started, 3),
         "skipped": False,
     }
-    store.commit(out_unit, [MODEL, METRICS], val_rmse=val_rmse, fingerprint=fingerprint, result=result)
+    run = {"seconds": round(history["seconds"], 3), "attempts": history["attempts"]}
+    store.commit(
+        out_unit, [MODEL, METRICS], val_rmse=val_rmse, fingerprint=fingerprint, result=result, run=run
+    )
     return result
 
 
@@ -756,7 +769,6 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         "best_epoch",
         "epochs",
         "diverged",
-        "seconds",
         "hyperparameters",
         # Per-epoch losses (standardised MSE) and validation RMSE: the report's loss curves.
         "train_loss",
