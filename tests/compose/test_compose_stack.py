@@ -224,7 +224,7 @@ def test_outputs_are_in_the_artifacts_volume(stack, pipeline):
     ).stdout
     files = json.loads(out.strip().splitlines()[-1])
     assert "manifest.json" in files["features"]
-    assert {"model.pt", "metrics.json", "loss_curves.png"} <= set(files["model"])
+    assert {"model.pt", "metrics.json"} <= set(files["model"])
     assert {"render.mp4", "contact_sheet.png"} <= set(files["video"])
 
 
