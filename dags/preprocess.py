@@ -1,14 +1,21 @@
 """# Preprocessing: raw ride records into clean, featurised Parquet (the pipeline's first stage)
 
-`ensure_dataset` → `featurise_shard` x shards → `merge_stats` → Asset **fanout_features**
+`plan_dataset` → `generate_shard` x shards → `commit_dataset` → `featurise_shard` x shards →
+`merge_stats` → Asset **fanout_features**
 
-1. **ensure_dataset** lists the raw Parquet shards: the user's `dataset_prefix` under the
-   artifact root, or a seeded synthetic rides dataset it generates once (`n_shards` x
-   `rows_per_shard`, with a `dirt` share of broken rows).
-2. **featurise_shard**, one mapped task per shard (named by the shard in the grid), cleans the
-   shard with Dask — nulls, malformed numbers, implausible values, duplicates, unknown zones,
-   each dropped row counted by reason — and writes its features and partial statistics.
-3. **merge_stats** checks every shard's output, combines the statistics into global
+1. **plan_dataset** names the synthetic shards still to generate: all of them the first time
+   (`n_shards` x `rows_per_shard`, with a `dirt` share of broken rows), none for a user's
+   `dataset_prefix` or a synthetic dataset already committed.
+2. **generate_shard**, one mapped task per shard to make, writes one raw shard a row group at a
+   time, so its memory does not grow with `rows_per_shard` (none run when there is nothing to make).
+3. **commit_dataset** records the generated shards' checksums in the dataset's `_SUCCESS.json`
+   and lists the raw shards to featurise, of either kind of dataset.
+4. **featurise_shard**, one mapped task per shard (named by the shard in the grid), is a client
+   of the shared Dask cluster (`DASK_SCHEDULER_ADDRESS`): the Dask workers read the shard's rows,
+   clean them — nulls, malformed numbers, implausible values, duplicates, unknown zones, each
+   dropped row counted by reason — featurise them and write the Parquet parts; the task checks
+   and commits what they wrote.
+5. **merge_stats** checks every shard's output, combines the statistics into global
    normalisation figures and writes the manifest training reads; publishing it emits the
    `fanout_features` asset event, which schedules **fanout_train**.
 
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 from inspect import cleandoc
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 
 from fanout.dagkit import (
     FEATURES,
@@ -37,6 +44,18 @@ from fanout.keys import KEY_PATTERN
 from fanout.pools import placement
 
 DAG_ID = "fanout_preprocess"
+
+
+def _spec(params: dict):
+    """The synthetic dataset the params describe (fanout.datasets, imported in the task)."""
+    from fanout.datasets import SyntheticSpec
+
+    return SyntheticSpec(
+        n_shards=params["n_shards"],
+        rows_per_shard=params["rows_per_shard"],
+        seed=params["seed"],
+        dirt=params["dirt"],
+    )
 
 
 @dag(
@@ -67,40 +86,80 @@ def fanout_preprocess():
     @task(
         **placement("bookkeeping"),
         doc_md=cleandoc(
-            """The raw shards to process: the user's dataset, or the seeded synthetic one.
+            """The synthetic shards still to generate: none for a user's dataset or one already committed.
 
-            - **Reads:** the params; with `dataset_prefix`, the Parquet files under it.
-            - **Writes:** without `dataset_prefix`, the synthetic shards under
-              `datasets/rides/seed<seed>-<n_shards>x<rows_per_shard>-dirt<dirt>/` (once: a verified
-              shard is reused).
-            - **Returns:** the shard paths, one `featurise_shard` task each.
+            - **Reads:** the params; the synthetic dataset's `_SUCCESS.json`, if any (a dataset of the
+              same params is reused, one of other params under the same prefix is refused).
+            - **Writes:** nothing (an interrupted earlier attempt's manifest is dropped).
+            - **Returns:** the shard numbers to generate, one `generate_shard` task each.
             - **Size:** `bookkeeping`, on the CPU node pool.
             """
         ),
     )
-    def ensure_dataset(params: dict | None = None) -> list[str]:
-        from fanout import preprocess
+    def plan_dataset(params: dict | None = None) -> list[int]:
+        from fanout import datasets
         from fanout.keys import check_key
         from fanout.storage import ArtifactStore
 
-        store = ArtifactStore()
         refuse_unknown_conf()
         with fail_fast():
-            prefix = check_key(params["dataset_prefix"], "param 'dataset_prefix'")
-            if not prefix:
-                prefix = (
-                    f"datasets/rides/seed{params['seed']}-{params['n_shards']}x{params['rows_per_shard']}"
-                    f"-dirt{params['dirt']}"
-                )
-                preprocess.generate_dataset(
-                    store,
-                    prefix,
-                    n_shards=params["n_shards"],
-                    rows_per_shard=params["rows_per_shard"],
-                    seed=params["seed"],
-                    dirt=params["dirt"],
-                )
-            return preprocess.list_shards(store, prefix)
+            if check_key(params["dataset_prefix"], "param 'dataset_prefix'"):
+                return []
+            spec = _spec(params)
+            return datasets.plan_dataset(ArtifactStore(), spec.default_prefix(), spec)
+
+    @task(
+        **placement("generate"),
+        multiple_outputs=False,
+        max_active_tis_per_dagrun=16,
+        map_index_template="{{ 'shard-%05d' % task.op_kwargs['shard_index'] }}",
+        doc_md=cleandoc(
+            """One raw synthetic shard, streamed a row group at a time.
+
+            - **Reads:** the params.
+            - **Writes:** `datasets/rides/v<generator>-seed<seed>-<n_shards>x<rows_per_shard>-dirt<dirt>/`
+              `shard-<n>.parquet`, staged and renamed (or PUT) into place.
+            - **Returns:** the shard's name, rows, SHA-256, size and the dirt injected (a few hundred bytes).
+            - **Size:** `generate`, on the CPU node pool: memory holds two row groups whatever the
+              shard's rows; at most 16 run at once per DAG run.
+            """
+        ),
+    )
+    def generate_shard(shard_index: int, params: dict | None = None) -> dict:
+        from fanout import datasets
+        from fanout.storage import ArtifactStore
+
+        with fail_fast():
+            spec = _spec(params)
+            return datasets.write_shard(ArtifactStore(), spec.default_prefix(), spec, shard_index)
+
+    @task(
+        **placement("bookkeeping"),
+        trigger_rule=TriggerRule.NONE_FAILED,  # runs when there was nothing to generate, too
+        doc_md=cleandoc(
+            """Commit the generated shards, last; list the raw shards to featurise.
+
+            - **Reads:** the generated shards' records (sizes checked, not the bytes); the dataset's
+              `_SUCCESS.json`, or the Parquet files under the user's `dataset_prefix`.
+            - **Writes:** the synthetic dataset's `_SUCCESS.json` when shards were generated.
+            - **Returns:** the raw shard paths, one `featurise_shard` task each.
+            - **Size:** `bookkeeping`, on the CPU node pool.
+            """
+        ),
+    )
+    def commit_dataset(generated: list[dict], params: dict | None = None) -> list[str]:
+        from fanout import datasets
+        from fanout.storage import ArtifactStore
+
+        store = ArtifactStore()
+        with fail_fast():
+            if params["dataset_prefix"]:
+                return datasets.list_shards(store, params["dataset_prefix"])
+            spec = _spec(params)
+            generated = list(generated or [])
+            if generated:
+                return datasets.commit_dataset(store, spec.default_prefix(), spec, generated)
+            return datasets.list_shards(store, spec.default_prefix())
 
     @task(
         **placement("shard"),
@@ -109,25 +168,27 @@ def fanout_preprocess():
         # The shard's file name, e.g. "shard-00003", instead of a bare map index.
         map_index_template="{{ task.op_kwargs['raw_shard'].rsplit('/', 1)[-1].removesuffix('.parquet') }}",
         doc_md=cleandoc(
-            """Clean and featurise one raw shard with Dask.
+            """Clean and featurise one raw shard on the shared Dask cluster; this task is its client.
 
-            - **Reads:** one raw Parquet shard.
-            - **Writes:** `preprocess/<run>/shards/<shard>/`: `features.parquet`, `stats.json`
-              (partial sums for the global statistics, rows in and out, rows dropped per reason) and
-              `_SUCCESS.json`.
-            - **Size:** `shard`, on the CPU node pool; at most 16 run at once per DAG run.
+            - **Reads:** the raw shard's Parquet footer (the Dask workers read its rows).
+            - **Writes:** `preprocess/<run>/shards/<shard>/`: `features/part-<n>.parquet` (written by the
+              workers, checked and moved into place here), `stats.json` (partial sums for the global
+              statistics) and `_SUCCESS.json` (rows in and out, rows dropped per reason, every part).
+            - **Returns:** rows in and out and drops per reason (the workers return ~2 KB a partition).
+            - **Size:** `shard`, on the CPU node pool (a client: the work is on the Dask workers); at
+              most 16 run at once per DAG run.
             """
         ),
     )
     def featurise_shard(raw_shard: str) -> dict:
         from pathlib import PurePosixPath
 
-        from fanout import preprocess
+        from fanout import daskrun
         from fanout.storage import ArtifactStore
 
         unit = f"{run_prefix('preprocess')}/shards/{PurePosixPath(raw_shard).stem}"
         with fail_fast():
-            return preprocess.featurise_shard(ArtifactStore(), raw_shard, unit)
+            return daskrun.featurise_shard(ArtifactStore(), raw_shard, unit)
 
     @task(
         **placement("bookkeeping"),
@@ -138,23 +199,25 @@ def fanout_preprocess():
 
             - **Reads:** each shard's `_SUCCESS.json` and statistics.
             - **Writes:** `preprocess/<run>/merged/manifest.json` (feature columns, global mean and
-              std, rows in and out, drops per reason, every shard's path and SHA-256) and
-              `_SUCCESS.json`; emits the `fanout_features` asset event that schedules training.
+              std, rows in and out and drops per reason per shard, every feature file's path and
+              SHA-256) and `_SUCCESS.json`; emits the `fanout_features` asset event that schedules
+              training.
             - **Size:** `bookkeeping`, on the CPU node pool.
             """
         ),
     )
     def merge_stats(shards: list[dict]) -> dict:
-        from fanout import preprocess
+        from fanout import featureset
         from fanout.storage import ArtifactStore
 
         out = f"{run_prefix('preprocess')}/merged"
         with fail_fast():
-            summary = preprocess.merge_stats(ArtifactStore(), [s["out_unit"] for s in shards], out)
+            summary = featureset.merge_stats(ArtifactStore(), [s["out_unit"] for s in shards], out)
         publish(FEATURES, manifest=f"{out}/manifest.json")
         return summary
 
-    merge_stats(featurise_shard.expand(raw_shard=ensure_dataset()))
+    raw_shards = commit_dataset(generate_shard.expand(shard_index=plan_dataset()))
+    merge_stats(featurise_shard.expand(raw_shard=raw_shards))
 
 
 fanout_preprocess()

@@ -52,10 +52,9 @@ SIZES: dict[str, Size] = {
     # fan-in and planning: read manifests, write a small JSON; an Airflow worker process
     # (~160 MB) plus headroom.
     "bookkeeping": Size(pool=CPU, cpu="250m", cpu_limit="1", memory="768Mi", workload="bookkeeping"),
-    # Dask preprocessing of one shard.
-    "shard": Size(
-        pool=CPU, cpu="2", cpu_limit="2", memory="4Gi", workload="preprocessing", ephemeral_storage="8Gi"
-    ),
+    # a client of the shared Dask cluster for one shard (fanout.daskrun): it reads the shard's
+    # footer, submits the graph and commits what the workers wrote; nothing large comes back.
+    "shard": Size(pool=CPU, cpu="250m", cpu_limit="1", memory="1Gi", workload="preprocessing"),
     # one PyTorch training trial on one GPU.
     "trial": Size(
         pool=GPU,
@@ -79,6 +78,11 @@ SIZES: dict[str, Size] = {
     # encode the frames into a video: ffmpeg wants a few cores and holds frames in memory.
     "encode": Size(
         pool=CPU, cpu="1", cpu_limit="2", memory="2Gi", workload="rendering", ephemeral_storage="8Gi"
+    ),
+    # one raw shard generated a row group at a time: one core; memory holds two row groups
+    # whatever the shard's size; the file is staged on local disk before an object-store PUT.
+    "generate": Size(
+        pool=CPU, cpu="1", cpu_limit="1", memory="1Gi", workload="preprocessing", ephemeral_storage="8Gi"
     ),
 }
 LIGHT_SIZES = frozenset({"bookkeeping"})

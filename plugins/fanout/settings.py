@@ -172,6 +172,13 @@ class Settings(BaseModel):
         "a Dask scheduler address such as tcp://dask-scheduler:8786",
         pattern=r"^\w+://\S+$",
     )
+    dask_timeout_seconds: float = _setting(
+        "FANOUT_DASK_TIMEOUT_SECONDS",
+        "a number of seconds > 0: how long a shard task waits for the Dask scheduler, and for a worker",
+        60.0,
+        gt=0,
+        le=3_600,
+    )
     device: Literal["auto", "cpu", "cuda"] = _setting("FANOUT_DEVICE", "auto, cpu or cuda", "auto")
     task_cpus: Annotated[float | None, Optional] = _setting("FANOUT_TASK_CPUS", "a number of CPUs > 0", gt=0)
 

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -201,16 +201,31 @@ class ArtifactStore:
         return digest.hexdigest()
 
     # -- verified units ------------------------------------------------------------------
-    def commit(self, unit: str, files: list[str], **extra: Any) -> dict:
+    def commit(
+        self, unit: str, files: list[str], *, written: Mapping[str, Mapping] | None = None, **extra: Any
+    ) -> dict:
         """Record ``files`` (relative to ``unit``) with their checksums; the unit is then verified.
 
         Call it after every file of the unit has been written; ``extra`` is stored in the
         manifest (row counts, metrics) so fan-in tasks can read it without opening data files.
+        ``written`` maps a file to the ``{"sha256", "bytes"}`` its writer recorded while it still
+        held the bytes (another process: a Dask worker, a generating task); such a file is checked
+        by its size instead of being read back, and a mismatch raises ``OSError``.
         """
-        manifest = {
-            "files": {name: self.sha256(f"{unit}/{name}") for name in sorted(files)},
-            **extra,
-        }
+        written = written or {}
+        digests = {}
+        for name in sorted(files):
+            record = written.get(name)
+            if record is None:
+                digests[name] = self.sha256(f"{unit}/{name}")
+                continue
+            size = self.size(f"{unit}/{name}")
+            if size != record["bytes"]:
+                raise OSError(
+                    f"{self.uri(f'{unit}/{name}')} has {size} bytes, its writer recorded {record['bytes']}"
+                )
+            digests[name] = record["sha256"]
+        manifest = {"files": digests, **extra}
         self.write_json(f"{unit}/{MANIFEST}", manifest)
         return manifest
 
@@ -225,6 +240,20 @@ class ArtifactStore:
             if not self.exists(rel) or self.sha256(rel) != digest:
                 return None
         return manifest
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` (replacing it): a rename on a directory, a server-side copy on object stores."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(dst)), exist_ok=True)
+            os.replace(self.path(src), self.path(dst))
+        else:
+            self.fs.mv(self.path(src), self.path(dst))
+
+    def remove(self, rel: str, recursive: bool = False) -> None:
+        """Delete ``rel`` (a file, or with ``recursive`` a whole prefix) if it exists."""
+        path = self.path(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=recursive)
 
     def invalidate(self, unit: str) -> None:
         """Forget a unit's commit (before rewriting it), so a crash mid-rewrite is not trusted."""

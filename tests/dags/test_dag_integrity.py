@@ -41,18 +41,18 @@ def test_dag_policy(dagbag, dag_id):
 
 
 @pytest.mark.parametrize("dag_id", PIPELINE_DAGS)
-def test_dag_is_a_fan_out_then_fan_in(dagbag, dag_id):
-    """One mapped task whose expansion feeds a single fan-in task."""
+def test_dag_is_fan_outs_each_feeding_one_fan_in(dagbag, dag_id):
+    """Every mapped task is planned upstream and its expansion feeds a single fan-in task."""
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     dag = dagbag.dags[dag_id]
     mapped = [t for t in dag.tasks if isinstance(t, MappedOperator)]
-    assert len(mapped) == 1, [t.task_id for t in mapped]
-    fan_out = mapped[0]
-    assert fan_out.upstream_task_ids, "the fan-out is planned by an upstream task"
-    (fan_in,) = fan_out.downstream_list
-    assert not isinstance(fan_in, MappedOperator)
-    assert fan_out.max_active_tis_per_dagrun, "mapped tasks cap their concurrency per run"
+    assert mapped, "every pipeline DAG fans out"
+    for fan_out in mapped:
+        assert fan_out.upstream_task_ids, f"{fan_out.task_id} is planned by an upstream task"
+        (fan_in,) = fan_out.downstream_list
+        assert not isinstance(fan_in, MappedOperator), fan_out.task_id
+        assert fan_out.max_active_tis_per_dagrun, f"{fan_out.task_id} caps its concurrency per run"
 
 
 def test_assets_chain_the_pipeline(dagbag):

@@ -18,7 +18,9 @@ from tests.packaging.helmkit import KUBE_VERSION, NAMESPACE, POD_TEMPLATE, ROOT,
 # Sizes agreed for the three DAGs (fanout.pools.SIZES): cheap fan-in tasks ask for little.
 EXPECTED_SIZES = {
     "fanout_preprocess": {
-        "ensure_dataset": "bookkeeping",
+        "plan_dataset": "bookkeeping",
+        "generate_shard": "generate",
+        "commit_dataset": "bookkeeping",
         "featurise_shard": "shard",
         "merge_stats": "bookkeeping",
     },

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import uuid
 
-from fanout import preprocess, render, train
+from fanout import daskrun, datasets, featureset, render, train
 from fanout.storage import ArtifactStore
 
 
-def test_preprocess_train_render_on_an_object_store():
+def test_preprocess_train_render_on_an_object_store(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     store = ArtifactStore(f"memory://fanout-{uuid.uuid4().hex}")
     assert not store.is_local
 
-    dataset = preprocess.generate_dataset(store, "raw", n_shards=2, rows_per_shard=4_000, seed=1)
-    shards = preprocess.list_shards(store, dataset["prefix"])
+    spec = datasets.SyntheticSpec(n_shards=2, rows_per_shard=4_000, seed=1, row_group_rows=1_000)
+    shards = datasets.generate_dataset(store, "raw", spec)
+    # No DASK_SCHEDULER_ADDRESS: each shard's graph runs in this process, where memory:// lives.
     units = [
-        preprocess.featurise_shard(store, s, f"pre/shards/{i}", cpus=1)["out_unit"]
+        daskrun.featurise_shard(store, s, f"pre/shards/{i}", partition_rows=2_000)["out_unit"]
         for i, s in enumerate(shards)
     ]
-    merged = preprocess.merge_stats(store, units, "pre/merged")
+    merged = featureset.merge_stats(store, units, "pre/merged")
     assert merged["rows_in"] == 8_000
 
     trials = train.plan_trials(2, epochs=2, seed=0)

@@ -154,3 +154,30 @@ def test_ordinary_relative_keys_pass_both_checks(rel):
 def test_the_error_names_what_was_given():
     with pytest.raises(BadInputError, match=r"param 'model' '\.\./m\.pt' contains '\.\.'"):
         check_key("../m.pt", what="param 'model'")
+
+
+def test_commit_takes_a_writers_checksum_after_checking_the_size(store):
+    """Files written by another process (a Dask worker) are committed without reading them back."""
+    import hashlib
+
+    store.write_bytes("unit/part.bin", b"written elsewhere")
+    digest = hashlib.sha256(b"written elsewhere").hexdigest()
+    manifest = store.commit("unit", ["part.bin"], written={"part.bin": {"sha256": digest, "bytes": 17}})
+    assert manifest["files"] == {"part.bin": digest}
+    assert store.verified("unit") is not None
+
+    with pytest.raises(OSError, match=r"part\.bin has 17 bytes, its writer recorded 18"):
+        store.commit("unit", ["part.bin"], written={"part.bin": {"sha256": digest, "bytes": 18}})
+
+
+def test_move_replaces_the_target_and_remove_takes_a_whole_prefix(store):
+    store.write_bytes("staging/a.bin", b"new")
+    store.write_bytes("final/a.bin", b"old")
+    store.move("staging/a.bin", "final/a.bin")
+    assert store.read_bytes("final/a.bin") == b"new"
+    assert not store.exists("staging/a.bin")
+
+    store.write_bytes("staging/b/c.bin", b"x")
+    store.remove("staging", recursive=True)
+    assert not store.exists("staging/b/c.bin")
+    store.remove("never-there")  # nothing to do

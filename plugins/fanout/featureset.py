@@ -1,0 +1,93 @@
+"""The featurised dataset as training reads it: one manifest merged from the shards' units.
+
+``merge_stats`` (the preprocessing fan-in) reads the verified units ``fanout.daskrun``
+committed, adds up their statistics and writes ``<out>/manifest.json``, the contract with
+training (``fanout.train``):
+
+* ``feature_columns``, ``target``;
+* ``stats`` -- count, mean, std (ddof=0), min, max per column, to normalise with;
+* ``shards`` -- the feature Parquet files, in order: ``path``, ``rows_out``, ``sha256`` and
+  the ``unit`` that made it; training reads and checks each;
+* ``units`` -- per raw shard: ``unit``, ``raw``, ``rows_in``, ``rows_out``, ``dropped`` (rows per
+  reason in ``DROP_REASONS``), ``parts``;
+* ``rows_in``, ``rows_out``, ``dropped`` -- totals.
+"""
+
+from __future__ import annotations
+
+from fanout.errors import BadInputError
+from fanout.preprocess import (
+    DROP_REASONS,
+    FEATURE_COLUMNS,
+    FEATURES_VERSION,
+    TARGET,
+    combine_stats,
+    summarise_stats,
+)
+from fanout.storage import ArtifactStore
+
+MANIFEST_FILE = "manifest.json"
+
+
+def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict:
+    """Fan-in: combine per-shard units into ``out_prefix/manifest.json`` (training's contract).
+
+    Every unit must be verified and made by this ``FEATURES_VERSION`` (BadInputError names the
+    first that is not). The manifest is rewritten on every call: it is cheap and always
+    reflects exactly ``units``. Returns a small summary, per-reason drop counts included.
+    """
+    if not units:
+        raise BadInputError("merge_stats needs at least one featurised unit")
+    files, records, partials = [], [], []
+    for unit in units:
+        recorded = store.verified(unit)
+        if recorded is None:
+            raise BadInputError(f"featurised unit {store.uri(unit)} is missing or not verified")
+        if recorded.get("features_version") != FEATURES_VERSION:
+            raise BadInputError(
+                f"featurised unit {store.uri(unit)} has features_version "
+                f"{recorded.get('features_version')}, expected {FEATURES_VERSION}; re-run it"
+            )
+        partials.append(recorded["stats"])
+        for part in recorded["parts"]:
+            files.append(
+                {
+                    "unit": unit,
+                    "path": f"{unit}/{part['path']}",
+                    "rows_out": part["rows_out"],
+                    "sha256": recorded["files"][part["path"]],
+                }
+            )
+        records.append(
+            {
+                "unit": unit,
+                "raw": recorded["raw"],
+                "rows_in": recorded["rows_in"],
+                "rows_out": recorded["rows_out"],
+                "dropped": recorded["dropped"],
+                "parts": len(recorded["parts"]),
+            }
+        )
+    dropped = {reason: sum(record["dropped"].get(reason, 0) for record in records) for reason in DROP_REASONS}
+    if not any(record["rows_out"] for record in records):
+        raise BadInputError(f"no rows survived cleaning in any of {len(units)} units; nothing to train on")
+    manifest = {
+        "feature_columns": FEATURE_COLUMNS,
+        "target": TARGET,
+        "stats": summarise_stats(combine_stats(partials)),
+        "shards": files,
+        "units": records,
+        "rows_in": sum(record["rows_in"] for record in records),
+        "rows_out": sum(record["rows_out"] for record in records),
+        "dropped": dropped,
+    }
+    store.invalidate(out_prefix)
+    store.write_json(f"{out_prefix}/{MANIFEST_FILE}", manifest)
+    store.commit(out_prefix, [MANIFEST_FILE], rows_out=manifest["rows_out"], shards=len(records))
+    return {
+        "manifest": f"{out_prefix}/{MANIFEST_FILE}",
+        "shards": len(records),
+        "rows_in": manifest["rows_in"],
+        "rows_out": manifest["rows_out"],
+        "dropped": dropped,
+    }

@@ -1,0 +1,266 @@
+"""fanout.daskrun: one shard's graph on real Dask scheduler and worker processes, or in-process.
+
+A module-scoped ``LocalDaskCluster`` (``python -m dask scheduler`` and ``dask worker
+--nworkers 2 --nthreads 1``) serves the cluster tests; the others run the same graph on Dask's
+synchronous scheduler in this process. Shards are small (20k rows in 4k-row row groups) and
+partitioned finely so every graph really has several partitions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.request
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from fanout import daskrun, datasets, preprocess
+from fanout.errors import BadInputError
+from fanout.localdask import LocalDaskCluster
+from fanout.storage import ArtifactStore
+
+SPEC = datasets.SyntheticSpec(n_shards=2, rows_per_shard=20_000, seed=7, dirt=0.05, row_group_rows=4_000)
+PARTITION_ROWS = 8_000  # 2 row groups: 3 partitions of a 20k-row shard
+
+
+@pytest.fixture(autouse=True)
+def _no_cluster_configured(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    store = ArtifactStore(str(tmp_path_factory.mktemp("daskrun")))
+    return store, datasets.generate_dataset(store, "raw", SPEC)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalDaskCluster(tmp_path_factory.mktemp("dask"), workers=2) as running:
+        yield running
+
+
+@pytest.fixture
+def shard(dataset, tmp_path):
+    """A private store holding a copy of shard 1 at raw/shard.parquet."""
+    source, shards = dataset
+    store = ArtifactStore(str(tmp_path))
+    os.makedirs(store.path("raw"))
+    shutil.copyfile(source.path(shards[1]), store.path("raw/shard.parquet"))
+    return store
+
+
+def featurise(store, unit="unit", **kwargs):
+    return daskrun.featurise_shard(store, "raw/shard.parquet", unit, partition_rows=PARTITION_ROWS, **kwargs)
+
+
+def unit_bytes(store: ArtifactStore, unit: str) -> dict[str, bytes]:
+    found = {}
+    for path in store.fs.find(store.path(unit)):
+        rel = os.path.relpath(path, store.path(unit))
+        found[rel] = store.read_bytes(f"{unit}/{rel}")
+    return found
+
+
+def read_features(store: ArtifactStore, unit: str) -> pd.DataFrame:
+    parts = store.verified(unit)["parts"]
+    return pd.concat([pd.read_parquet(store.path(f"{unit}/{p['path']}")) for p in parts], ignore_index=True)
+
+
+# -- on real Dask processes --------------------------------------------------------------------------
+def test_local_cluster_is_one_single_threaded_worker_process_per_cpu_with_a_dashboard(cluster):
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:
+        assert list(client.nthreads().values()) == [1, 1]
+        pids = client.run(os.getpid)
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    assert cluster.address.startswith("tcp://127.0.0.1:")
+    with urllib.request.urlopen(cluster.dashboard_url, timeout=30) as answer:
+        page = answer.read()
+    assert b"Dask Diagnostic UI" in page and b"bokeh" in page, "the dashboard needs bokeh installed"
+
+
+def test_workers_write_the_features_and_only_summaries_come_back(dataset, cluster):
+    store, shards = dataset
+    result = daskrun.featurise_shard(
+        store, shards[0], "features/shard-0", scheduler_address=cluster.address, partition_rows=PARTITION_ROWS
+    )
+    recorded = store.verified("features/shard-0")
+    assert recorded["executor"] == cluster.address
+    assert len(recorded["parts"]) == result["parts"] == 3, "the cluster path must really partition"
+    assert {part["worker"] for part in recorded["parts"]} <= set(_worker_addresses(cluster))
+
+    raw = pq.read_table(store.path(shards[0])).to_pandas()
+    expected, expected_stats, expected_dropped = preprocess.featurise_frame_pandas(raw)
+    pd.testing.assert_frame_equal(read_features(store, "features/shard-0"), expected)
+    assert result["dropped"] == recorded["dropped"] == expected_dropped
+    assert result["rows_in"] == SPEC.rows_per_shard == result["rows_out"] + sum(result["dropped"].values())
+    stats = store.read_json("features/shard-0/stats.json")
+    for column, expected_column in expected_stats.items():
+        assert stats[column] == pytest.approx(expected_column, rel=1e-9), column
+
+    features_bytes = sum(store.size(f"features/shard-0/{p['path']}") for p in recorded["parts"])
+    assert recorded["returned_bytes"] < 3_000 * len(recorded["parts"]) < features_bytes / 50
+    assert store.listdir("features/shard-0") == ["_SUCCESS.json", "features", "stats.json"], "no staging left"
+
+
+def test_cluster_and_in_process_runs_write_identical_bytes(dataset, cluster, tmp_path):
+    store, shards = dataset
+    on_cluster = daskrun.featurise_shard(
+        store, shards[1], "cluster/unit", scheduler_address=cluster.address, partition_rows=PARTITION_ROWS
+    )
+    here = daskrun.featurise_shard(store, shards[1], "here/unit", partition_rows=PARTITION_ROWS)
+    assert (on_cluster["executor"], here["executor"]) == (cluster.address, daskrun.IN_PROCESS)
+    assert store.verified("cluster/unit")["files"] == store.verified("here/unit")["files"]
+    assert store.verified("here/unit")["raw_sha256"] == store.sha256(shards[1])
+
+
+def test_the_scheduler_address_comes_from_the_environment(shard, cluster, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.address)
+    assert featurise(shard)["executor"] == cluster.address
+
+
+def test_a_corrupt_page_met_by_a_worker_is_bad_input_and_keeps_earlier_output(shard, cluster):
+    """The footer is intact, a compressed page in the middle is not: the worker's error, no retry."""
+    featurise(shard)
+    committed = unit_bytes(shard, "unit")
+    raw_file = shard.path("raw/shard.parquet")
+    with open(raw_file, "r+b") as handle:
+        handle.seek(os.path.getsize(raw_file) // 3)
+        handle.write(bytes(range(256)) * 8)
+
+    with pytest.raises(BadInputError, match=r"raw/shard\.parquet is corrupt"):
+        featurise(shard, scheduler_address=cluster.address)
+    assert {k: v for k, v in unit_bytes(shard, "unit").items() if not k.startswith("_staging")} == committed
+    assert shard.verified("unit") is not None
+
+
+def _worker_addresses(cluster) -> list[str]:
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:
+        return list(client.nthreads())
+
+
+# -- in this process ---------------------------------------------------------------------------------
+def test_unreachable_scheduler_fails_naming_the_address_and_the_variable(shard):
+    from fanout.localstack import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with (
+        pytest.raises(daskrun.DaskUnavailableError, match=rf"{address}.*DASK_SCHEDULER_ADDRESS"),
+        daskrun.connect(address, timeout=1),
+    ):
+        pass
+
+
+def test_rerun_skips_a_verified_shard(shard):
+    first = featurise(shard)
+    files = shard.verified("unit")["files"]
+    mtimes = {rel: os.stat(shard.path(f"unit/{rel}")).st_mtime_ns for rel in files}
+
+    again = featurise(shard)
+
+    assert again["skipped"] and not first["skipped"]
+    assert {rel: os.stat(shard.path(f"unit/{rel}")).st_mtime_ns for rel in files} == mtimes
+    assert {k: again[k] for k in ("rows_in", "rows_out", "dropped")} == {
+        k: first[k] for k in ("rows_in", "rows_out", "dropped")
+    }
+
+
+def test_tampered_output_is_redone_with_the_same_bytes(shard):
+    featurise(shard)
+    files = shard.verified("unit")["files"]
+    with open(shard.path("unit/features/part-00001.parquet"), "ab") as handle:
+        handle.write(b"garbage")
+    assert shard.verified("unit") is None
+
+    redone = featurise(shard)
+    assert not redone["skipped"]
+    assert shard.verified("unit")["files"] == files
+
+
+def test_redoing_a_unit_with_other_partitions_replaces_every_part(shard):
+    featurise(shard)
+    assert len(shard.listdir("unit/features")) == 3
+    shard.invalidate("unit")  # e.g. an attempt that died after publishing, before its commit
+    coarse = daskrun.featurise_shard(shard, "raw/shard.parquet", "unit", partition_rows=50_000)
+    assert coarse["parts"] == 1
+    assert shard.listdir("unit/features") == ["part-00000.parquet"], "stale parts are removed"
+    assert shard.verified("unit") is not None
+
+
+def test_truncated_raw_shard_is_bad_input_and_keeps_earlier_output(shard):
+    featurise(shard)
+    committed = unit_bytes(shard, "unit")
+    raw_file = shard.path("raw/shard.parquet")
+    os.truncate(raw_file, os.path.getsize(raw_file) // 2)
+
+    with pytest.raises(BadInputError, match=r"raw/shard\.parquet"):
+        featurise(shard)
+    assert unit_bytes(shard, "unit") == committed
+    assert shard.verified("unit") is not None
+
+
+def test_missing_column_is_named(dataset, tmp_path):
+    source, shards = dataset
+    store = ArtifactStore(str(tmp_path))
+    table = pq.read_table(source.path(shards[0])).drop_columns(["duration_min"])
+    os.makedirs(store.path("raw"))
+    pq.write_table(table, store.path("raw/shard.parquet"))
+    with pytest.raises(BadInputError, match=r"raw/shard\.parquet.*duration_min"):
+        featurise(store)
+    assert not store.exists("unit")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), (b"ride_id,fare\n1,2.5\n", "is not a readable Parquet file")],
+)
+def test_absent_or_non_parquet_raw_shard_is_bad_input(tmp_path, content, message):
+    store = ArtifactStore(str(tmp_path))
+    if content is not None:
+        store.write_bytes("raw/shard.parquet", content)
+    with pytest.raises(BadInputError, match=rf"raw/shard\.parquet {message}"):
+        featurise(store)
+
+
+@pytest.mark.parametrize("partition_rows", [0, -5, 2.5, True])
+def test_partition_rows_must_be_a_positive_integer(shard, partition_rows):
+    with pytest.raises(BadInputError, match="partition_rows"):
+        daskrun.featurise_shard(shard, "raw/shard.parquet", "unit", partition_rows=partition_rows)
+
+
+def test_empty_shard_commits_one_empty_part(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    table, _, _ = datasets.synthesise_row_group(datasets.SyntheticSpec(1, 10, 1), 0, 0)
+    os.makedirs(store.path("raw"))
+    pq.write_table(table.slice(0, 0), store.path("raw/shard.parquet"))
+
+    result = featurise(store)
+    assert (result["rows_in"], result["rows_out"], result["parts"]) == (0, 0, 1)
+    schema = pq.read_schema(store.path("unit/features/part-00000.parquet"))
+    assert schema.names == preprocess.OUTPUT_COLUMNS
+    assert str(schema.field("fare").type) == "float"
+
+
+def test_partitions_follow_row_groups_never_the_cluster():
+    metadata = pq.ParquetFile(_write_groups([3, 3, 3, 9, 1])).metadata
+    assert daskrun.plan_partitions(metadata, 5) == [(0, 1), (2, 3), (4,)]
+    assert daskrun.plan_partitions(metadata, 100) == [(0, 1, 2, 3, 4)]
+    assert daskrun.plan_partitions(metadata, 1) == [(0,), (1,), (2,), (3,), (4,)]
+
+
+def _write_groups(sizes: list[int]) -> str:
+    import tempfile
+
+    import pyarrow as pa
+
+    path = os.path.join(tempfile.mkdtemp(), "groups.parquet")
+    with pq.ParquetWriter(path, pa.schema([("x", pa.int64())])) as writer:
+        for size in sizes:
+            writer.write_table(pa.table({"x": list(range(size))}))
+    return path

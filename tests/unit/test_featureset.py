@@ -1,0 +1,77 @@
+"""fanout.featureset: the preprocessing fan-in, merging shard units into training's manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fanout import daskrun, datasets, featureset, preprocess
+from fanout.errors import BadInputError
+from fanout.storage import ArtifactStore
+
+SPEC = datasets.SyntheticSpec(n_shards=2, rows_per_shard=12_000, seed=5, row_group_rows=3_000)
+
+
+@pytest.fixture(scope="module")
+def units(tmp_path_factory):
+    store = ArtifactStore(str(tmp_path_factory.mktemp("featureset")))
+    shards = datasets.generate_dataset(store, "raw", SPEC)
+    results = [
+        daskrun.featurise_shard(store, raw, f"pre/shards/{i}", scheduler_address=None, partition_rows=6_000)
+        for i, raw in enumerate(shards)
+    ]
+    return store, results
+
+
+def test_manifest_lists_every_feature_file_and_the_global_statistics(units):
+    store, results = units
+    summary = featureset.merge_stats(store, [r["out_unit"] for r in results], "merged")
+
+    manifest = store.read_json(summary["manifest"])
+    assert store.verified("merged") is not None
+    assert manifest["feature_columns"] == preprocess.FEATURE_COLUMNS and manifest["target"] == "fare"
+    assert [u["unit"] for u in manifest["units"]] == [r["out_unit"] for r in results]
+    assert [u["dropped"] for u in manifest["units"]] == [r["dropped"] for r in results]
+    assert manifest["rows_in"] == SPEC.n_shards * SPEC.rows_per_shard == summary["rows_in"]
+    assert manifest["rows_out"] == sum(r["rows_out"] for r in results) == summary["rows_out"]
+    assert summary["dropped"] == {
+        reason: sum(r["dropped"][reason] for r in results) for reason in preprocess.DROP_REASONS
+    }
+
+    # "shards" is what training reads: every part file, in order, with its rows and checksum.
+    assert len(manifest["shards"]) == 4
+    frames = []
+    for entry in manifest["shards"]:
+        assert store.sha256(entry["path"]) == entry["sha256"]
+        frames.append(pd.read_parquet(store.path(entry["path"])))
+        assert len(frames[-1]) == entry["rows_out"]
+    everything = pd.concat(frames).astype({c: np.float64 for c in preprocess.STATS_COLUMNS})
+    for column in [*manifest["feature_columns"], manifest["target"]]:
+        values = everything[column].to_numpy()
+        stats = manifest["stats"][column]
+        assert stats["count"] == len(values)
+        assert stats["mean"] == pytest.approx(values.mean(), rel=1e-9, abs=1e-9), column
+        assert stats["std"] == pytest.approx(values.std(), rel=1e-6, abs=1e-9), column
+        assert (stats["min"], stats["max"]) == (values.min(), values.max())
+
+
+def test_training_reads_the_merged_manifest(units):
+    from fanout import train
+
+    store, results = units
+    featureset.merge_stats(store, [r["out_unit"] for r in results], "for-training")
+    x, y, _ = train._load_dataset(store, "for-training/manifest.json")
+    assert len(x) == len(y) == sum(r["rows_out"] for r in results)
+
+
+def test_an_unverified_or_outdated_unit_is_named(units):
+    store, results = units
+    with pytest.raises(BadInputError, match="pre/never-ran"):
+        featureset.merge_stats(store, [results[0]["out_unit"], "pre/never-ran"], "merged-bad")
+    record = store.read_json(f"{results[1]['out_unit']}/_SUCCESS.json")
+    store.write_json("old/_SUCCESS.json", {**record, "files": {}, "features_version": 1})
+    with pytest.raises(BadInputError, match="features_version 1"):
+        featureset.merge_stats(store, ["old"], "merged-bad")
+    with pytest.raises(BadInputError, match="at least one"):
+        featureset.merge_stats(store, [], "merged-bad")
