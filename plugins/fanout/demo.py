@@ -1,8 +1,11 @@
 """``make demo`` and ``make up``: the whole pipeline through the real scheduler on one machine.
 
-python -m fanout.demo run   # start Airflow, trigger preprocessing, follow the asset-triggered
-                            # training and rendering runs, stop Airflow, print a summary
-python -m fanout.demo up    # keep Airflow running with the web UI on :8080 until Ctrl-C
+python -m fanout.demo run   # start Dask and Airflow, trigger preprocessing, follow the asset-triggered
+                            # training and rendering runs, stop both, print a summary
+python -m fanout.demo up    # keep them running (Airflow's web UI on :8080, Dask's dashboard) until Ctrl-C
+
+Both start a real Dask scheduler and one single-threaded worker process per CPU beside Airflow
+(``fanout.localdask``); the preprocessing tasks are its clients (``fanout.daskrun``).
 """
 
 from __future__ import annotations
@@ -148,7 +151,15 @@ def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, st
 
 
 def make_stack(home: Path, port: int = 0) -> AirflowStack:
-    return AirflowStack(home=home, port=port)
+    return AirflowStack(home=home, port=port, dask=True)
+
+
+def describe_dask(stack: AirflowStack) -> str:
+    cluster = stack.dask_cluster
+    return (
+        f"Dask scheduler {cluster.address} with {cluster.workers} single-threaded worker processes; "
+        f"dashboard {cluster.dashboard_url}"
+    )
 
 
 def prepare(client: AirflowClient, stack: AirflowStack) -> None:
@@ -171,6 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stack = make_stack(Path(args.home))
     client = stack.start()
     print(f"Airflow is up at {stack.base_url} after {time.monotonic() - started:.1f}s", flush=True)
+    print(describe_dask(stack), flush=True)
     try:
         prepare(client, stack)
         t0 = time.monotonic()
@@ -192,6 +204,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         prepare(client, stack)
         print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
         print("Each DAG run's page has a 'Fanout report' tab (or open /fanout/runs/<dag_id>/<run_id>).")
+        print(describe_dask(stack))
         print(f"Logs: {stack.home}/logs. Ctrl-C stops every component.", flush=True)
         while True:
             time.sleep(5)

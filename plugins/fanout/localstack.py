@@ -2,7 +2,9 @@
 
 ``AirflowStack`` runs the api-server, scheduler and dag-processor (LocalExecutor, SQLite
 unless a database URI is given) from a private AIRFLOW_HOME, each in its own process group
-so ``stop()`` ends them and every task process they started. ``AirflowClient`` talks to the
+so ``stop()`` ends them and every task process they started. With ``dask=True`` it first
+starts a real Dask scheduler and workers beside them (``fanout.localdask``) and gives every
+component, and so every task, ``DASK_SCHEDULER_ADDRESS``; ``stop()`` stops Dask last. ``AirflowClient`` talks to the
 public REST API (``/api/v2``) the way the web UI does; tests and the demo use it instead of
 the CLI, which costs seconds of imports per call.
 
@@ -25,7 +27,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fanout.localdask import LocalDaskCluster
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_USER = "admin"
@@ -56,6 +61,11 @@ class AirflowStack:
     database_uri: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     components: tuple[str, ...] = COMPONENTS
+    dask: bool = False
+    """Run a local Dask scheduler and workers for the preprocessing tasks (fanout.localdask)."""
+    dask_workers: int = 0
+    """Dask worker processes; 0 means one per CPU."""
+    dask_cluster: LocalDaskCluster | None = field(default=None, init=False, repr=False)
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +75,12 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.parallelism = self.parallelism or (os.cpu_count() or 2)
+        if self.dask:
+            from fanout.localdask import LocalDaskCluster
+
+            self.dask_cluster = LocalDaskCluster(
+                self.home / "dask", workers=self.dask_workers, env=self.extra_env
+            )
 
     # -- configuration -----------------------------------------------------------------
     @property
@@ -132,6 +148,8 @@ class AirflowStack:
         env.setdefault("FANOUT_GPU_AIRFLOW_POOL_SLOTS", str(self.parallelism))
         if self.database_uri:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_uri
+        if self.dask_cluster is not None:
+            env["DASK_SCHEDULER_ADDRESS"] = self.dask_cluster.address
         env.update(self.extra_env)
         return env
 
@@ -153,7 +171,13 @@ class AirflowStack:
         """Migrate the database, start the components and wait until the API answers."""
         # The simple auth manager keeps the password it finds in this file.
         self.password_file.write_text(json.dumps({ADMIN_USER: self._secrets()["admin_password"]}))
-        self.migrate()
+        if self.dask_cluster is not None:
+            self.dask_cluster.start()
+        try:
+            self.migrate()
+        except BaseException:
+            self.stop()
+            raise
         env = self.env()
         for name in self.components:
             self.start_component(name, env)
@@ -217,6 +241,8 @@ class AirflowStack:
     def stop(self) -> None:
         for name in reversed(list(self._procs)):
             self.stop_component(name)
+        if self.dask_cluster is not None:
+            self.dask_cluster.stop()  # after Airflow: no task is left to use it
 
     def __enter__(self) -> AirflowClient:
         return self.start()

@@ -1,4 +1,5 @@
-"""A real Airflow (api-server, scheduler, dag-processor; LocalExecutor; SQLite) for the session."""
+"""A real Airflow (api-server, scheduler, dag-processor; LocalExecutor; SQLite) and a real Dask
+scheduler with two worker processes beside it (``dask scheduler``, ``dask worker``), for the session."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def airflow(tmp_path_factory, artifact_root):
     stack = AirflowStack(
         home=tmp_path_factory.mktemp("airflow-home"),
         parallelism=2,
+        dask=True,
+        dask_workers=2,
         extra_env={
             "FANOUT_ARTIFACT_ROOT": str(artifact_root),
             "FANOUT_PARAMS": json.dumps(SMALL_PARAMS),

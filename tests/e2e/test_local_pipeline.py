@@ -58,12 +58,32 @@ def test_features_manifest_accounts_for_every_row(store, pipeline):
     merged = f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged"
     assert store.verified(merged) is not None
     manifest = store.read_json(f"{merged}/manifest.json")
-    assert len(manifest["shards"]) == params["n_shards"]
+    assert len(manifest["units"]) == params["n_shards"]
     assert manifest["rows_in"] == params["n_shards"] * params["rows_per_shard"]
     assert 0 < manifest["rows_out"] < manifest["rows_in"], "dirty rows were dropped"
-    assert manifest["rows_out"] == sum(s["rows_out"] for s in manifest["shards"])
-    for shard in manifest["shards"]:
-        assert store.sha256(shard["path"]) == shard["sha256"]
+    assert manifest["rows_out"] == sum(u["rows_out"] for u in manifest["units"])
+    assert manifest["rows_out"] == sum(f["rows_out"] for f in manifest["shards"])
+    for unit in manifest["units"]:
+        assert unit["rows_in"] == unit["rows_out"] + sum(unit["dropped"].values())
+    for feature_file in manifest["shards"]:
+        assert store.sha256(feature_file["path"]) == feature_file["sha256"]
+
+
+def test_shards_were_generated_by_mapped_tasks_and_featurised_by_the_dask_workers(airflow, store, pipeline):
+    stack, client = airflow
+    run_id = pipeline["fanout_preprocess"]
+    n_shards = SMALL_PARAMS["fanout_preprocess"]["n_shards"]
+    tis = client.task_instances("fanout_preprocess", run_id)
+    assert sum(1 for ti in tis if ti["task_id"] == "generate_shard" and ti["map_index"] >= 0) == n_shards
+
+    from distributed import Client
+
+    with Client(stack.dask_cluster.address, set_as_default=False) as dask:
+        workers = set(dask.nthreads())
+    for index in range(n_shards):
+        recorded = store.verified(f"preprocess/{safe_key(run_id)}/shards/shard-{index:05d}")
+        assert recorded["executor"] == stack.dask_cluster.address
+        assert {part["worker"] for part in recorded["parts"]} <= workers, "written by the local workers"
 
 
 def test_best_model_is_the_lowest_validation_error(store, pipeline):
@@ -193,6 +213,10 @@ def test_corrupt_shard_fails_fast_and_keeps_earlier_outputs(airflow, store, pipe
 
 
 def _generated_dataset(store) -> str:
-    root = "datasets/rides"
-    (name,) = store.listdir(root)
-    return f"{root}/{name}"
+    """Where the pipeline's synthetic dataset is (SMALL_PARAMS with the DAG's other defaults)."""
+    from fanout.datasets import SyntheticSpec
+
+    params = SMALL_PARAMS["fanout_preprocess"]
+    return SyntheticSpec(
+        n_shards=params["n_shards"], rows_per_shard=params["rows_per_shard"], seed=7
+    ).default_prefix()
