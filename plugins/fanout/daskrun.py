@@ -3,16 +3,20 @@
 The shard's graph, per partition (a few consecutive Parquet row groups, ``partition_rows``
 rows; the split depends on the file alone, never on the cluster's size):
 
-    raw-ride-ids i ─┐
-                    ├─ find-duplicates ─ duplicates-of i ─ featurise-part i ─> <unit>/_staging/part-i
-    raw-ride-ids j ─┘                                       (reads its rows, cleans, writes)
+    raw-ride-ids i ─┐                     (first: 8 bytes a row)
+                    ├─ find-duplicates ─ duplicates-of i ─┐
+    raw-ride-ids j ─┘                                      ├─ featurise-part i ─> <unit>/_staging/part-i
+    label-part i  (reads its rows, cleans, featurises) ───┘   (marks duplicates, writes)
     hash-raw  (the raw file's SHA-256, for the record)
+
+De-duplication is the one step that needs the whole shard, and it needs only the ride_id
+column; the heavy labelling does not wait for it, as duplicates are marked afterwards.
 
 Workers read the raw rows, clean and featurise them (``fanout.preprocess``) and write each
 partition's features to the artifact store themselves, staged and renamed (or PUT) into place
 (``fanout.storage``), so a task that Dask recomputes after losing a worker writes the same
 bytes again. What returns to the task is a summary per partition (checksum, size, row and
-drop counts, partial statistics): about a kilobyte, whatever the shard's size. The task then
+drop counts, partial statistics): about 2 KB, whatever the partition's size. The task then
 checks each file's size against its summary, moves the parts into ``<unit>/features/``,
 writes ``stats.json`` and commits the unit's ``_SUCCESS.json`` last.
 
@@ -58,7 +62,9 @@ from fanout.preprocess import (
     combine_stats,
     dropped_by_reason,
     duplicate_positions,
-    featurise_part,
+    label_rows,
+    mark_duplicates,
+    split_labelled,
 )
 from fanout.settings import env_name, settings
 from fanout.storage import ArtifactStore, sha256_file
@@ -187,10 +193,15 @@ def _features_schema():
     return pa.schema([(ID_COLUMN, pa.int64())] + [(name, pa.float32()) for name in STATS_COLUMNS])
 
 
+def label_part(root: str, raw_rel: str, row_groups: Sequence[int]) -> pd.DataFrame:
+    """Read one partition and label every row (features and drop reason), duplicates aside."""
+    return label_rows(read_row_groups(root, raw_rel, row_groups))
+
+
 def featurise_and_write(
-    root: str, raw_rel: str, row_groups: Sequence[int], duplicates: np.ndarray, part_rel: str
+    labelled: pd.DataFrame, duplicates: np.ndarray, root: str, part_rel: str
 ) -> dict[str, Any]:
-    """Read, clean, featurise one partition and write its Parquet file; return its summary.
+    """Mark a labelled partition's duplicates, keep its clean rows and write them; return its summary.
 
     The file is staged and renamed (or PUT) into place, so a recomputation (Dask lost the
     worker that held the result) rewrites the same bytes and a reader never sees half a file.
@@ -199,8 +210,8 @@ def featurise_and_write(
     import pyarrow.parquet as pq
 
     store = ArtifactStore(root)
-    raw = read_row_groups(root, raw_rel, row_groups)
-    features, stats, reasons = featurise_part(raw, duplicates)
+    rows_in = len(labelled)
+    features, stats, reasons = split_labelled(mark_duplicates(labelled, duplicates))
     table = pa.Table.from_pandas(features, schema=_features_schema(), preserve_index=False)
     with store.staged(part_rel) as tmp:
         pq.write_table(
@@ -213,7 +224,7 @@ def featurise_and_write(
         digest, size = sha256_file(tmp), tmp.stat().st_size
     return {
         "name": part_rel.rsplit("/", 1)[-1],
-        "rows_in": len(raw),
+        "rows_in": rows_in,
         "rows_out": len(features),
         "reasons": reasons,
         "stats": stats,
@@ -239,22 +250,29 @@ def shard_graph(
 
     root = store.root_uri
     write_token = hashlib.sha256(f"{raw_token}\0{root}\0{out_unit}".encode()).hexdigest()[:16]
-    ids = [
-        dask.delayed(read_ride_ids, pure=True)(
-            root, raw_rel, groups, dask_key_name=(f"raw-ride-ids-{raw_token}", i)
+    # Reading the ride ids first bounds how many labelled partitions wait for de-duplication.
+    with dask.annotate(priority=1):
+        ids = [
+            dask.delayed(read_ride_ids, pure=True)(
+                root, raw_rel, groups, dask_key_name=(f"raw-ride-ids-{raw_token}", i)
+            )
+            for i, groups in enumerate(plan)
+        ]
+        duplicates = dask.delayed(find_duplicates, pure=True)(
+            *ids, dask_key_name=f"find-duplicates-{raw_token}"
         )
-        for i, groups in enumerate(plan)
-    ]
-    duplicates = dask.delayed(find_duplicates, pure=True)(*ids, dask_key_name=f"find-duplicates-{raw_token}")
     parts = []
     for i, groups in enumerate(plan):
+        labelled = dask.delayed(label_part, pure=True)(
+            root, raw_rel, groups, dask_key_name=(f"label-part-{raw_token}", i)
+        )
         mine = dask.delayed(operator.getitem, pure=True)(
             duplicates, i, dask_key_name=(f"duplicates-of-{raw_token}", i)
         )
         part_rel = f"{out_unit}/{STAGING_DIR}/{part_name(i)}"
         parts.append(
             dask.delayed(featurise_and_write, pure=True)(
-                root, raw_rel, groups, mine, part_rel, dask_key_name=(f"featurise-part-{write_token}", i)
+                labelled, mine, root, part_rel, dask_key_name=(f"featurise-part-{write_token}", i)
             )
         )
     digest = dask.delayed(hash_raw, pure=True)(root, raw_rel, dask_key_name=f"hash-raw-{raw_token}")
@@ -401,6 +419,7 @@ def _publish(store: ArtifactStore, out_unit: str, summaries: list[dict]) -> dict
     input, a lost cluster) leaves earlier outputs as they were.
     """
     staging, features = f"{out_unit}/{STAGING_DIR}", f"{out_unit}/{FEATURES_DIR}"
+    store.fs.invalidate_cache(store.path(out_unit))  # the workers wrote there; object stores cache listings
     staged = {
         entry["name"].rsplit("/", 1)[-1]: entry["size"]
         for entry in store.fs.ls(store.path(staging), detail=True)

@@ -113,6 +113,7 @@ DROP_REASONS: tuple[str, ...] = (
     "implausible_fare",
 )
 _KEPT = 0  # reason code of a kept row; code i + 1 is DROP_REASONS[i]
+_DUPLICATE = 1  # DROP_REASONS[0]: a duplicate is counted as such whatever else is wrong with it
 _REASON_COLUMN = "_drop_reason"
 
 # Physical limits of a real city ride; outside them a row is a recording error, not a rare trip.
@@ -227,18 +228,16 @@ def duplicate_positions(ride_id_parts: Sequence[pd.Series]) -> list[np.ndarray]:
     return [np.flatnonzero(repeated[start:stop]) for start, stop in itertools.pairwise(bounds)]
 
 
-def label_rows(raw: pd.DataFrame, duplicates: np.ndarray | None = None) -> pd.DataFrame:
-    """Features for every raw row plus the code of the reason it is dropped for (0 = kept).
+def label_rows(raw: pd.DataFrame) -> pd.DataFrame:
+    """Features for every raw row plus the code of the first reason it is dropped for (0 = kept).
 
-    The whole transformation lives here. ``duplicates`` holds the positions (in ``raw``) of
-    rows that repeat a ride_id seen earlier in the shard (``duplicate_positions``).
+    The whole transformation lives here, except de-duplication, which needs the whole shard:
+    ``mark_duplicates`` then labels the repeated rows (``duplicate`` comes first among the
+    reasons, so it replaces whatever other reason such a row had).
     """
     import pandas as pd
 
     check_columns(raw.columns, "raw frame")
-    is_duplicate = np.zeros(len(raw), dtype=bool)
-    if duplicates is not None and len(duplicates):
-        is_duplicate[duplicates] = True
 
     ride_id, id_missing, id_malformed = _parse_numbers(raw["ride_id"])
     seconds, ts_missing, ts_malformed = _parse_timestamps(raw["pickup_ts"])
@@ -262,7 +261,6 @@ def label_rows(raw: pd.DataFrame, duplicates: np.ndarray | None = None) -> pd.Da
         malformed |= distance_malformed | duration_malformed | passengers_malformed | fare_malformed
         reason = np.select(
             [
-                is_duplicate,
                 missing,
                 malformed,
                 ~(pickup_known & dropoff_known),
@@ -272,7 +270,7 @@ def label_rows(raw: pd.DataFrame, duplicates: np.ndarray | None = None) -> pd.Da
                 _outside(passengers, PASSENGERS_RANGE) | (passengers != np.round(passengers)),
                 _outside(fare, FARE_RANGE),
             ],
-            np.arange(1, len(DROP_REASONS) + 1, dtype=np.int8),
+            np.arange(2, len(DROP_REASONS) + 1, dtype=np.int8),  # code 1, duplicate: mark_duplicates
             _KEPT,
         ).astype(np.int8)
 
@@ -314,6 +312,18 @@ def label_rows(raw: pd.DataFrame, duplicates: np.ndarray | None = None) -> pd.Da
     return pd.DataFrame(columns)
 
 
+def mark_duplicates(labelled: pd.DataFrame, duplicates: np.ndarray | None) -> pd.DataFrame:
+    """``labelled`` with the rows at positions ``duplicates`` (``duplicate_positions``) labelled duplicates.
+
+    A new frame: the input may be a result Dask still holds for a recomputation.
+    """
+    if duplicates is None or not len(duplicates):
+        return labelled
+    reasons = labelled[_REASON_COLUMN].to_numpy(copy=True)
+    reasons[duplicates] = _DUPLICATE
+    return labelled.assign(**{_REASON_COLUMN: reasons})
+
+
 def split_labelled(labelled: pd.DataFrame) -> tuple[pd.DataFrame, dict, list[int]]:
     """(kept rows' ``OUTPUT_COLUMNS``, their ``column_stats``, rows per reason code) of ``label_rows``."""
     reasons = labelled[_REASON_COLUMN].to_numpy()
@@ -325,8 +335,8 @@ def split_labelled(labelled: pd.DataFrame) -> tuple[pd.DataFrame, dict, list[int
 def featurise_part(
     raw: pd.DataFrame, duplicates: np.ndarray | None = None
 ) -> tuple[pd.DataFrame, dict, list[int]]:
-    """One slice of a shard: ``split_labelled(label_rows(raw, duplicates))``."""
-    return split_labelled(label_rows(raw, duplicates))
+    """One slice of a shard, whose rows at positions ``duplicates`` repeat earlier rides."""
+    return split_labelled(mark_duplicates(label_rows(raw), duplicates))
 
 
 def featurise_frame_pandas(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict, dict[str, int]]:
