@@ -77,7 +77,7 @@ FULL = Sizes(
     whatif_noop=100,
     whatif_fanouts=("preprocess",),
     kubernetes_noop=10,
-    # fanout_preprocess's default rows_per_shard, and a shard big enough for featurise_shard's cluster
+    # fanout_preprocess's default rows_per_shard, and a bigger shard
     dask_shard_rows=(500_000, 2_000_000),
     dask_noop_tasks=200,
     kernel_seconds=2.0,
@@ -105,7 +105,7 @@ QUICK = Sizes(
     whatif_noop=0,
     whatif_fanouts=(),
     kubernetes_noop=2,
-    dask_shard_rows=(60_000,),
+    dask_shard_rows=(200_000,),
     dask_noop_tasks=50,
     kernel_seconds=0.2,
     kernel_policies=("default",),

@@ -1,10 +1,10 @@
-"""Peak memory of every Airflow process together while a small demo-like pipeline runs.
+"""Peak memory of every Airflow and Dask process together while a small demo-like pipeline runs.
 
 ``fanout.demo.run_pipeline`` runs preprocessing, then the asset-triggered training and rendering,
 as ``make demo`` does (smaller sizes). The stack's process monitor sums the RSS of every process
 in the components' sessions (api-server, scheduler and its workers and task processes,
-dag-processor) every 0.25 s; RSS counts pages shared after fork() once per process, so the
-peak is an upper bound.
+dag-processor, the Dask scheduler and its worker processes) every 0.25 s; RSS counts pages shared
+after fork() once per process, so the peak is an upper bound.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def targets(section: dict) -> list[dict]:
         {
             "id": "peak_memory",
             "benchmark": "memory",
-            "figure": f"peak RSS of all Airflow processes, {section['scope']}",
+            "figure": f"peak RSS of all Airflow and Dask processes, {section['scope']}",
             "value": peak,
             "unit": "MiB",
             "target": f"<= {TARGET_MIB} MiB",

@@ -58,11 +58,14 @@ class Sample:
 
 
 def _component(leader: int) -> str:
-    """api-server, scheduler or dag-processor: the command line of a session's leader."""
+    """api-server, scheduler, dag-processor, dask-scheduler or dask-worker: a session leader's command line."""
     try:
         cmdline = " ".join(psutil.Process(leader).cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return str(leader)
+    for name in ("scheduler", "worker"):
+        if f"-m dask {name}" in cmdline:  # fanout.localdask: python -m dask scheduler|worker
+            return f"dask-{name}"
     for name in ("api-server", "api_server", "dag-processor", "dag_processor", "scheduler", "triggerer"):
         if name in cmdline:
             return name.replace("_", "-")
@@ -205,8 +208,12 @@ def bench_stack(
     fanout_params: dict | None = None,
     task_cpus: int | None = None,
     artifact_root: Path | None = None,
+    dask: bool = True,
 ) -> Generator[BenchStack, None, None]:
     """Start a stack for benchmarks, wait for every DAG, stop it and remove its files at the end.
+
+    ``dask`` starts the embedded default's Dask beside it (one single-threaded worker process
+    per core) for the preprocessing shard tasks, as ``make demo`` does.
 
     ``task_cpus=1`` pins every task to one thread, so that a speedup measures the fan-out alone
     (the stack would give a task cores/parallelism threads). ``artifact_root`` lets stacks and
@@ -228,7 +235,11 @@ def bench_stack(
     if task_cpus:
         env["FANOUT_TASK_CPUS"] = str(task_cpus)
     stack = AirflowStack(
-        home=workdir / "home", dags_folder=_dags_folder(workdir), parallelism=parallelism, extra_env=env
+        home=workdir / "home",
+        dags_folder=_dags_folder(workdir),
+        parallelism=parallelism,
+        extra_env=env,
+        dask=dask,
     )
     monitor = ProcessMonitor()
     began = time.monotonic()
