@@ -1,14 +1,19 @@
 """The embedded default's Dask: a real ``dask scheduler`` and ``dask worker`` processes beside Airflow.
 
 ``LocalDaskCluster`` starts ``python -m dask scheduler`` (loopback only, dashboard on a free
-port) and ``python -m dask worker --nworkers N --nthreads 1``: one single-threaded worker
-process per CPU this machine grants (its cgroup CPU limit and cpuset), because cleaning and
-featurising are GIL-bound pandas work that threads would serialise. Every worker process has
-its nanny (which restarts it if it dies) and ``memory_fraction`` of the machine's memory split
-between them. Each command runs in its own session, so ``stop()`` ends it and its children.
+port) and one ``python -m dask worker --nthreads 1`` per CPU this machine grants (its cgroup
+CPU limit and cpuset): single-threaded worker processes, because cleaning and featurising are
+GIL-bound pandas work that threads would serialise. Every worker process has its nanny (which
+restarts it if it dies) and ``memory_fraction`` of the machine's memory split between them.
+
+Each command runs in its own session, so ``stop()`` ends it and its children, and so the
+kernel's scheduler treats each worker as a unit of its own, as a pod would be: with
+autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``), the processes of one
+session share one CPU share, and two workers of one ``--nworkers 2`` command would get no more
+CPU than one on a busy machine.
 
 It also does what Kubernetes does for the chart's Deployments: a supervisor thread restarts
-the scheduler or the workers' command when it exits (a crash, a ``kill -9``), on the same
+the scheduler or a worker command when it exits (a crash, a ``kill -9``), on the same
 addresses; workers whose scheduler went away exit and come back with it.
 
 Used by ``fanout.localstack.AirflowStack(dask=True)`` (``make demo``, ``make up``, the
@@ -66,7 +71,8 @@ class LocalDaskCluster:
     dashboard_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment of both commands (the artifact store's credentials, say)."""
-    restarts: dict[str, int] = field(default_factory=lambda: {"scheduler": 0, "workers": 0}, init=False)
+    restarts: dict[str, int] = field(default_factory=dict, init=False)
+    """Times the supervisor restarted each command: ``scheduler``, ``worker-0``, ..."""
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -94,8 +100,22 @@ class LocalDaskCluster:
         return int(machine_memory() * self.memory_fraction / self.workers)
 
     def commands(self) -> dict[str, list[str]]:
-        """The two command lines, as the chart's containers would run them."""
+        """The scheduler's and each worker's command line, as the chart's containers would run them."""
         python = [sys.executable, "-m", "dask"]
+        worker = [
+            *python,
+            "worker",
+            self.address,
+            "--nthreads",
+            "1",
+            "--memory-limit",
+            str(self.worker_memory_limit),
+            "--host",
+            HOST,
+            "--no-dashboard",
+            "--local-directory",
+            str(self.home / "worker-space"),
+        ]
         return {
             "scheduler": [
                 *python,
@@ -107,24 +127,7 @@ class LocalDaskCluster:
                 "--dashboard-address",
                 f"{HOST}:{self.dashboard_port}",
             ],
-            "workers": [
-                *python,
-                "worker",
-                self.address,
-                "--nworkers",
-                str(self.workers),
-                "--nthreads",
-                "1",
-                "--memory-limit",
-                str(self.worker_memory_limit),
-                "--host",
-                HOST,
-                "--no-dashboard",
-                "--local-directory",
-                str(self.home / "worker-space"),
-                "--name",
-                "local",
-            ],
+            **{f"worker-{i}": [*worker, "--name", f"local-{i}"] for i in range(self.workers)},
         }
 
     def _env(self) -> dict[str, str]:
@@ -153,8 +156,9 @@ class LocalDaskCluster:
         """Start the scheduler and the workers; return once every worker has joined."""
         self.home.mkdir(parents=True, exist_ok=True)
         self._stopping.clear()
-        self._spawn("scheduler")
-        self._spawn("workers")
+        for name in self.commands():
+            self.restarts[name] = 0
+            self._spawn(name)
         try:
             self.wait_for_workers(self.workers, timeout)
         except BaseException:
@@ -200,17 +204,16 @@ class LocalDaskCluster:
                         self._spawn(name)
 
     def pids(self) -> dict[str, int]:
-        """Process ids of the scheduler and of the workers' command (the nannies' parent)."""
+        """Process ids of the scheduler's and of each worker's command (the worker's nanny)."""
         return {name: proc.pid for name, proc in self._procs.items()}
 
     def stop(self, grace: float = 10) -> None:
         """Stop the workers, then the scheduler, and every process they started."""
         self._stopping.set()
         with self._lock:
-            for name in ("workers", "scheduler"):
-                proc = self._procs.pop(name, None)
-                if proc is not None:
-                    _stop_group(proc, grace)
+            workers = [self._procs.pop(name) for name in list(self._procs) if name != "scheduler"]
+            _stop_groups(workers, grace)
+            _stop_groups([proc for proc in (self._procs.pop("scheduler", None),) if proc], grace)
         if self._supervisor is not None:
             self._supervisor.join(5)
             self._supervisor = None
@@ -223,17 +226,17 @@ class LocalDaskCluster:
         self.stop()
 
 
-def _stop_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the leader is gone; nannies or workers may linger
+def _stop_groups(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM the processes' groups, wait up to ``grace`` seconds, then SIGKILL what is left of them."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the leader may be gone, its nanny's worker not
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)

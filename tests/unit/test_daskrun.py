@@ -70,13 +70,15 @@ def read_features(store: ArtifactStore, unit: str) -> pd.DataFrame:
 
 
 # -- on real Dask processes --------------------------------------------------------------------------
-def test_local_cluster_is_one_single_threaded_worker_process_per_cpu_with_a_dashboard(cluster):
+def test_local_cluster_is_single_threaded_worker_processes_each_in_its_session_with_a_dashboard(cluster):
     from distributed import Client
 
     with Client(cluster.address, set_as_default=False) as client:
         assert list(client.nthreads().values()) == [1, 1]
         pids = client.run(os.getpid)
     assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    # Each worker is in a session of its own: with autogroup scheduling, its own CPU share.
+    assert len({os.getsid(pid) for pid in pids.values()} | {os.getsid(0)}) == 3
     assert cluster.address.startswith("tcp://127.0.0.1:")
     with urllib.request.urlopen(cluster.dashboard_url, timeout=30) as answer:
         page = answer.read()
