@@ -2,14 +2,14 @@
 
 ``merge_stats`` (the preprocessing fan-in) reads the verified units ``fanout.daskrun``
 committed, adds up their statistics and writes ``<out>/manifest.json``, the contract with
-training (``fanout.train``):
+training (``fanout.train``) and what the run report shows:
 
 * ``feature_columns``, ``target``;
 * ``stats`` -- count, mean, std (ddof=0), min, max per column, to normalise with;
-* ``shards`` -- the feature Parquet files, in order: ``path``, ``rows_out``, ``sha256`` and
-  the ``unit`` that made it; training reads and checks each;
-* ``units`` -- per raw shard: ``unit``, ``raw``, ``rows_in``, ``rows_out``, ``dropped`` (rows per
-  reason in ``DROP_REASONS``), ``parts``;
+* ``files`` -- the feature Parquet files, in order: ``path``, ``rows_out``, ``sha256`` and the
+  ``unit`` that made it; training reads and checks each;
+* ``shards`` -- per raw shard: ``unit``, ``raw``, ``rows_in``, ``rows_out``, ``dropped`` (rows per
+  reason in ``DROP_REASONS``) and its ``files``;
 * ``rows_in``, ``rows_out``, ``dropped`` -- totals.
 """
 
@@ -38,7 +38,7 @@ def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict
     """
     if not units:
         raise BadInputError("merge_stats needs at least one featurised unit")
-    files, records, partials = [], [], []
+    files, shards, partials = [], [], []
     for unit in units:
         recorded = store.verified(unit)
         if recorded is None:
@@ -49,44 +49,45 @@ def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict
                 f"{recorded.get('features_version')}, expected {FEATURES_VERSION}; re-run it"
             )
         partials.append(recorded["stats"])
-        for part in recorded["parts"]:
+        paths = [f"{unit}/{part['path']}" for part in recorded["parts"]]
+        for path, part in zip(paths, recorded["parts"], strict=True):
             files.append(
                 {
                     "unit": unit,
-                    "path": f"{unit}/{part['path']}",
+                    "path": path,
                     "rows_out": part["rows_out"],
                     "sha256": recorded["files"][part["path"]],
                 }
             )
-        records.append(
+        shards.append(
             {
                 "unit": unit,
                 "raw": recorded["raw"],
                 "rows_in": recorded["rows_in"],
                 "rows_out": recorded["rows_out"],
                 "dropped": recorded["dropped"],
-                "parts": len(recorded["parts"]),
+                "files": paths,
             }
         )
-    dropped = {reason: sum(record["dropped"].get(reason, 0) for record in records) for reason in DROP_REASONS}
-    if not any(record["rows_out"] for record in records):
+    dropped = {reason: sum(shard["dropped"].get(reason, 0) for shard in shards) for reason in DROP_REASONS}
+    if not any(shard["rows_out"] for shard in shards):
         raise BadInputError(f"no rows survived cleaning in any of {len(units)} units; nothing to train on")
     manifest = {
         "feature_columns": FEATURE_COLUMNS,
         "target": TARGET,
         "stats": summarise_stats(combine_stats(partials)),
-        "shards": files,
-        "units": records,
-        "rows_in": sum(record["rows_in"] for record in records),
-        "rows_out": sum(record["rows_out"] for record in records),
+        "files": files,
+        "shards": shards,
+        "rows_in": sum(shard["rows_in"] for shard in shards),
+        "rows_out": sum(shard["rows_out"] for shard in shards),
         "dropped": dropped,
     }
     store.invalidate(out_prefix)
     store.write_json(f"{out_prefix}/{MANIFEST_FILE}", manifest)
-    store.commit(out_prefix, [MANIFEST_FILE], rows_out=manifest["rows_out"], shards=len(records))
+    store.commit(out_prefix, [MANIFEST_FILE], rows_out=manifest["rows_out"], shards=len(shards))
     return {
         "manifest": f"{out_prefix}/{MANIFEST_FILE}",
-        "shards": len(records),
+        "shards": len(shards),
         "rows_in": manifest["rows_in"],
         "rows_out": manifest["rows_out"],
         "dropped": dropped,

@@ -271,13 +271,20 @@ def _load_features_manifest(store: ArtifactStore, features_manifest: str) -> dic
                 )
         if entry["std"] < 0:
             raise BadInputError(f"features manifest {where}: stats[{column!r}]['std'] is negative")
-    shards = manifest.get("shards")
+    key = _files_key(manifest)
+    shards = manifest.get(key)
     if not isinstance(shards, list) or not shards:
-        raise BadInputError(f"features manifest {where}: 'shards' must be a non-empty list")
+        raise BadInputError(f"features manifest {where}: '{key}' must be a non-empty list")
     for shard in shards:
         if not isinstance(shard, dict) or not isinstance(shard.get("path"), str) or not shard["path"]:
             raise BadInputError(f"features manifest {where}: every shard needs a 'path', got {shard!r}")
     return manifest
+
+
+def _files_key(manifest: Mapping[str, Any]) -> str:
+    """Where a manifest lists its feature Parquet files: ``files`` (several per shard, fanout.featureset),
+    or ``shards`` (one file per shard, manifests before features_version 2)."""
+    return "files" if "files" in manifest else "shards"
 
 
 def check_features_manifest(store: ArtifactStore, features_manifest: str) -> dict[str, Any]:
@@ -326,7 +333,10 @@ def _load_dataset(
     manifest = _load_features_manifest(store, features_manifest)
     features, target, stats = manifest["feature_columns"], manifest["target"], manifest["stats"]
     data = np.concatenate(
-        [_read_shard(store, shard, [*features, target], features_manifest) for shard in manifest["shards"]]
+        [
+            _read_shard(store, shard, [*features, target], features_manifest)
+            for shard in manifest[_files_key(manifest)]
+        ]
     )
     # A constant column (std 0) is scaled by 1 instead of dividing by zero.
     x_mean = np.array([stats[c]["mean"] for c in features], dtype=np.float64)

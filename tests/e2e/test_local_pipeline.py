@@ -58,14 +58,14 @@ def test_features_manifest_accounts_for_every_row(store, pipeline):
     merged = f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged"
     assert store.verified(merged) is not None
     manifest = store.read_json(f"{merged}/manifest.json")
-    assert len(manifest["units"]) == params["n_shards"]
+    assert len(manifest["shards"]) == params["n_shards"]
     assert manifest["rows_in"] == params["n_shards"] * params["rows_per_shard"]
     assert 0 < manifest["rows_out"] < manifest["rows_in"], "dirty rows were dropped"
-    assert manifest["rows_out"] == sum(u["rows_out"] for u in manifest["units"])
-    assert manifest["rows_out"] == sum(f["rows_out"] for f in manifest["shards"])
-    for unit in manifest["units"]:
-        assert unit["rows_in"] == unit["rows_out"] + sum(unit["dropped"].values())
-    for feature_file in manifest["shards"]:
+    assert manifest["rows_out"] == sum(s["rows_out"] for s in manifest["shards"])
+    assert manifest["rows_out"] == sum(f["rows_out"] for f in manifest["files"])
+    for shard in manifest["shards"]:
+        assert shard["rows_in"] == shard["rows_out"] + sum(shard["dropped"].values())
+    for feature_file in manifest["files"]:
         assert store.sha256(feature_file["path"]) == feature_file["sha256"]
 
 

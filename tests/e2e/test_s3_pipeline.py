@@ -2,9 +2,10 @@
 
 A stack of its own (the module's) runs with ``FANOUT_ARTIFACT_ROOT=s3://...`` and Airflow's
 remote logging to the same server (moto on loopback, ``tests/s3.py``), with the endpoint in the
-log connection's extra, as on a cluster whose worker pods are deleted after their task. One
-trigger runs the three DAGs at test scale; then the local log files are deleted and every
-task's log is read back through the REST API.
+log connection's extra, as on a cluster whose worker pods are deleted after their task; its Dask
+workers get the same credentials and write the features to the bucket themselves. One trigger
+runs the three DAGs at test scale; then the local log files are deleted and every task's log is
+read back through the REST API.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def s3_stack(s3_server, tmp_path_factory):
     stack = AirflowStack(
         home=tmp_path_factory.mktemp("airflow-home-s3"),
         parallelism=2,
+        dask=True,
+        dask_workers=2,
         extra_env={
             **s3_server.env(),
             **s3_server.remote_logging_env(LOG_FOLDER),
@@ -68,7 +71,9 @@ def test_every_output_is_committed_in_the_bucket(s3_stack, s3_store, s3_server):
         assert s3_store.verified(unit) is not None, unit
     keys = s3_server.keys(BUCKET, "artifacts/")
     for shard in range(SMALL_PARAMS["fanout_preprocess"]["n_shards"]):
-        assert any(f"/shards/shard-{shard:05d}/features.parquet" in key for key in keys)
+        unit = f"preprocess/{safe_key(runs['fanout_preprocess'])}/shards/shard-{shard:05d}"
+        assert f"artifacts/{unit}/features/part-00000.parquet" in keys
+        assert s3_store.verified(unit)["executor"].startswith("tcp://"), "written by the Dask workers"
     assert f"artifacts/render/{safe_key(runs['fanout_render'])}/video/render.mp4" in keys
 
 

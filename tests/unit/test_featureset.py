@@ -31,18 +31,22 @@ def test_manifest_lists_every_feature_file_and_the_global_statistics(units):
     manifest = store.read_json(summary["manifest"])
     assert store.verified("merged") is not None
     assert manifest["feature_columns"] == preprocess.FEATURE_COLUMNS and manifest["target"] == "fare"
-    assert [u["unit"] for u in manifest["units"]] == [r["out_unit"] for r in results]
-    assert [u["dropped"] for u in manifest["units"]] == [r["dropped"] for r in results]
+    assert [s["unit"] for s in manifest["shards"]] == [r["out_unit"] for r in results]
+    assert [s["dropped"] for s in manifest["shards"]] == [r["dropped"] for r in results]
+    assert [s["rows_in"] - s["rows_out"] for s in manifest["shards"]] == [
+        sum(r["dropped"].values()) for r in results
+    ]
     assert manifest["rows_in"] == SPEC.n_shards * SPEC.rows_per_shard == summary["rows_in"]
     assert manifest["rows_out"] == sum(r["rows_out"] for r in results) == summary["rows_out"]
     assert summary["dropped"] == {
         reason: sum(r["dropped"][reason] for r in results) for reason in preprocess.DROP_REASONS
     }
 
-    # "shards" is what training reads: every part file, in order, with its rows and checksum.
-    assert len(manifest["shards"]) == 4
+    # "files" is what training reads: every part file, in order, with its rows and checksum.
+    assert len(manifest["files"]) == 4
+    assert [f["path"] for f in manifest["files"]] == [p for s in manifest["shards"] for p in s["files"]]
     frames = []
-    for entry in manifest["shards"]:
+    for entry in manifest["files"]:
         assert store.sha256(entry["path"]) == entry["sha256"]
         frames.append(pd.read_parquet(store.path(entry["path"])))
         assert len(frames[-1]) == entry["rows_out"]
