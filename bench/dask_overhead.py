@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import warnings
 from itertools import count
 
-from bench.common import CPUS, alternate, median, ratio, rnd, timed
+from bench.common import CPUS, alternate, cpu_snapshot, median, other_load, ratio, rnd, timed
 
 TARGET_RATIO = 1.7
 TARGET_RETURNED_PER_PART = 4_096  # bytes: a partition's summary (checksum, counts, partial stats)
@@ -62,29 +63,62 @@ def single_threaded_arrow():
     return restore
 
 
+def cluster_cpu_seconds(cluster) -> float:
+    """CPU-seconds the cluster's processes (scheduler, nannies, workers) have used so far."""
+    import psutil
+
+    total = 0.0
+    for pid in cluster.pids().values():
+        try:
+            leader = psutil.Process(pid)
+            processes = [leader, *leader.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in processes:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
 def one_shard(store, cluster, rows: int, repeats: int) -> dict:
-    """pandas single-threaded, the shared cluster and in-process, alternated, on one shard."""
+    """pandas single-threaded, the shared cluster and in-process, alternated, on one shard.
+
+    Besides wall times, the CPU-seconds each way costs (the cluster's processes plus this one):
+    on a machine other processes keep busy, wall-time ratios measure the neighbours too, CPU
+    time much less.
+    """
     from fanout import daskrun, datasets
 
     spec = datasets.SyntheticSpec(n_shards=1, rows_per_shard=rows, seed=7)
     (raw_rel,) = datasets.generate_dataset(store, f"raw-{rows}", spec)
     runs = count()
     units: dict[str, str] = {}
+    cpu: dict[str, list[float]] = {"pandas": [], "cluster": []}
 
     def pandas_single_thread() -> None:
         restore = single_threaded_arrow()
+        began = time.process_time()
         try:
             pandas_shard(store.root_uri, raw_rel, f"pandas/{next(runs)}/features.parquet")
         finally:
+            cpu["pandas"].append(time.process_time() - began)
             restore()
 
     def shard(variant: str, address: str | None):
         def go() -> None:
             units[variant] = f"{variant}/{rows}/{next(runs)}"
+            began = time.process_time(), cluster_cpu_seconds(cluster)
             daskrun.featurise_shard(store, raw_rel, units[variant], scheduler_address=address)
+            if address:
+                used = time.process_time() - began[0] + cluster_cpu_seconds(cluster) - began[1]
+                cpu["cluster"].append(used)
 
         return go
 
+    before = cpu_snapshot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times = alternate(
@@ -93,24 +127,30 @@ def one_shard(store, cluster, rows: int, repeats: int) -> dict:
             cluster=shard("cluster", cluster.address),
             in_process=shard("in_process", None),
         )
+    load = other_load(before, cpu_snapshot())
     medians = {name: median(values) for name, values in times.items()}
     recorded = store.verified(units["cluster"])
     features_bytes = sum(store.size(f"{units['cluster']}/{part['path']}") for part in recorded["parts"])
     return {
         "rows": rows,
         "partitions": len(recorded["parts"]),
-        "graph_tasks": 4 * len(recorded["parts"])
-        + 2,  # ids, label, duplicates-of, write per part; dedup, hash
+        # per partition: ride ids, label, duplicates-of, write; and the de-duplication and the hash
+        "graph_tasks": 4 * len(recorded["parts"]) + 2,
         "pandas_single_thread_s": rnd(medians["pandas"]),
         "cluster_s": rnd(medians["cluster"]),
         "in_process_s": rnd(medians["in_process"]),
         "speedup_cluster": rnd(ratio(medians["pandas"], medians["cluster"])),
         "speedup_in_process": rnd(ratio(medians["pandas"], medians["in_process"])),
+        "pandas_cpu_s": rnd(median(cpu["pandas"])),
+        "cluster_cpu_s": rnd(median(cpu["cluster"])),
+        # CPU the cluster spends beyond pandas' own: scheduling, transfers, the two reads of the ids.
+        "cluster_cpu_overhead": rnd(ratio(median(cpu["cluster"]), median(cpu["pandas"])) - 1),
         # What the cluster costs beyond a perfect split of the pandas work over its workers.
         "fixed_overhead_s": rnd(medians["cluster"] - medians["pandas"] / cluster.workers),
         "returned_bytes": recorded["returned_bytes"],
         "returned_bytes_per_part": rnd(recorded["returned_bytes"] / len(recorded["parts"]), 1),
         "features_bytes": features_bytes,
+        "other_load_cores": load,
         "samples": {name: [rnd(v) for v in values] for name, values in times.items()},
     }
 
@@ -175,11 +215,11 @@ def targets(section: dict) -> list[dict]:
             "met": value is not None and value >= TARGET_RATIO,
             "blocker": (
                 f"the cluster run is {shard['fixed_overhead_s']} s longer than a perfect split of the pandas work "
-                f"over {section['workers']} workers: the shard's {shard['graph_tasks']} tasks at ~"
-                f"{overhead['noop_task_ms']} ms each, a {overhead['client_connect_s']} s client connection, the "
-                "de-duplication barrier (every partition's ride_id read before any partition is cleaned), each "
-                "worker reading its rows and the task publishing the parts; the scheduler and the task share the "
-                "same 2 cores"
+                f"over {section['workers']} workers; it spent {shard['cluster_cpu_s']} CPU-s against pandas' "
+                f"{shard['pandas_cpu_s']} (+{round(100 * shard['cluster_cpu_overhead'])} %: the shard's "
+                f"{shard['graph_tasks']} tasks at ~{overhead['noop_task_ms']} ms each, the ride ids read twice, "
+                "the scheduler, the de-duplication on one worker); other processes kept "
+                f"{shard['other_load_cores']} of the {section['workers']} cores busy during these runs"
             ),
         },
         {
@@ -204,7 +244,9 @@ def figures(section: dict) -> list[tuple[str, str]]:
                 f"one shard, {shard['rows']:,} rows ({shard['partitions']} partitions, {shard['graph_tasks']} tasks)",
                 f"pandas 1 thread {shard['pandas_single_thread_s']} s; shared cluster {shard['cluster_s']} s "
                 f"({shard['speedup_cluster']}x pandas); in-process graph {shard['in_process_s']} s "
-                f"({shard['speedup_in_process']}x); returned to the task {shard['returned_bytes']:,} B for "
+                f"({shard['speedup_in_process']}x); CPU-seconds pandas {shard['pandas_cpu_s']}, cluster "
+                f"{shard['cluster_cpu_s']} (+{round(100 * shard['cluster_cpu_overhead'])} %); other load "
+                f"{shard['other_load_cores']} cores; returned to the task {shard['returned_bytes']:,} B for "
                 f"{shard['features_bytes']:,} B of features written by the workers",
             )
         )
