@@ -344,10 +344,13 @@ def _blocker(workload: str, entry: dict, section: dict) -> str:
             )
     else:
         per_shard = ratio(entry["baseline_s"], par["tasks"])
+        pool = entry["pool_map"]
         text += (
-            f"; a shard takes {rnd(per_shard)} s in pandas alone, so each shard task's own start (a fresh "
-            "interpreter, Airflow, the Dask client's import and connection: ~1 s of CPU on the same cores as the "
-            "workers) and the de-duplication barrier of each shard's graph weigh against it"
+            f"; the same pandas work on {pool['processes']} Pool.map processes reached {pool['speedup']}x in this "
+            f"run; a shard takes {rnd(per_shard)} s in pandas alone, against which each shard task's own start (a "
+            "fresh interpreter, Airflow, the Dask client's import and connection: ~1 s of CPU on the cores the "
+            "workers use) and Dask's share (the ride ids read twice, scheduling, the de-duplication on one worker) "
+            "weigh"
         )
         if par.get("other_load_cores"):
             text += f"; other processes kept {par['other_load_cores']} cores busy during the fan-out"
