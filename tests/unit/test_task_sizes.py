@@ -73,22 +73,22 @@ def node(name, labels, **allocatable):
     )
 
 
-CPU_SMALL = node("cpu-small", {"fanout.io/pool": "cpu"}, cpu="1", memory="2Gi")
+CPU_SMALL = node("cpu-small", {"fanout.io/pool": "cpu"}, cpu="1", memory="1Gi")
 CPU_BIG = node("cpu-big", {"fanout.io/pool": "cpu"}, cpu="3950m", memory="16283836Ki")
 GPU = node("gpu-node-1", {"fanout.io/pool": "gpu"}, cpu="8", memory="32Gi", **{"nvidia.com/gpu": "1"})
 
 
 def test_a_size_fits_when_one_node_of_its_pool_could_hold_its_pod():
-    assert size_fit_problem("shard", [CPU_SMALL, CPU_BIG, GPU]) is None  # 2 CPU, 4Gi
+    assert size_fit_problem("encode", [CPU_SMALL, CPU_BIG, GPU]) is None  # 1 CPU, 2Gi
     assert size_fit_problem("trial", [CPU_SMALL, GPU]) is None
     assert size_fit_problem("trial", [CPU_SMALL]) is None, "an empty pool is left to the autoscaler"
 
 
 def test_a_size_that_fits_no_node_of_its_pool_says_what_it_asks_and_what_the_nodes_offer():
-    problem = size_fit_problem("shard", [CPU_SMALL, GPU])
+    problem = size_fit_problem("encode", [CPU_SMALL, GPU])
     assert problem.startswith(
-        "task size 'shard' asks for cpu 2, memory 4Gi, ephemeral-storage 8Gi, more than any node of the "
-        "cpu pool (fanout.io/pool=cpu) has: cpu-small offers cpu 1, memory 2Gi, ephemeral-storage 100Gi."
+        "task size 'encode' asks for cpu 1, memory 2Gi, ephemeral-storage 8Gi, more than any node of the "
+        "cpu pool (fanout.io/pool=cpu) has: cpu-small offers cpu 1, memory 1Gi, ephemeral-storage 100Gi."
     )
     assert "gpu-node-1" not in problem and "FANOUT_TASK_SIZES" in problem
     gpu_less = node("gpu-node-2", {"fanout.io/pool": "gpu"}, cpu="8", memory="64Gi")
