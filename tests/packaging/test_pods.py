@@ -285,7 +285,7 @@ def test_task_sizes_from_the_chart_values_become_the_pods_resources(monkeypatch)
         "ephemeral-storage": "4Gi",
         "nvidia.com/gpu": "1",
     }
-    assert spec_of("shard")["containers"][0]["resources"]["requests"]["memory"] == "4Gi"  # unchanged
+    assert spec_of("shard")["containers"][0]["resources"]["requests"]["memory"] == "1Gi"  # unchanged
 
 
 @pytest.mark.parametrize(
