@@ -84,9 +84,10 @@ ID_COLUMN = "ride_id"
 OUTPUT_COLUMNS: list[str] = [ID_COLUMN, *FEATURE_COLUMNS, TARGET]
 STATS_COLUMNS: list[str] = [*FEATURE_COLUMNS, TARGET]
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 """Bump when the transformation or the output layout changes: committed shards of another version
-are redone. 2: features written by the Dask workers as one Parquet file per partition."""
+are redone. 2: features written by the Dask workers as one Parquet file per partition. 3: a shard's
+record keeps the data quality gates' outcome."""
 
 RAW_COLUMNS: tuple[str, ...] = (
     "ride_id",
@@ -115,6 +116,21 @@ DROP_REASONS: tuple[str, ...] = (
 _KEPT = 0  # reason code of a kept row; code i + 1 is DROP_REASONS[i]
 _DUPLICATE = 1  # DROP_REASONS[0]: a duplicate is counted as such whatever else is wrong with it
 _REASON_COLUMN = "_drop_reason"
+
+# Raw columns no row can do without (passengers and payment_type have defaults). Per row, bit i
+# of the two mask columns says REQUIRED_COLUMNS[i] was missing, or did not parse: counted per
+# column (``unparsed_counts``), they tell a column with no usable value at all (``fanout.quality``).
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "ride_id",
+    "pickup_ts",
+    "pickup_zone",
+    "dropoff_zone",
+    "distance_km",
+    "duration_min",
+    "fare",
+)
+_MISSING_COLUMN = "_missing_mask"
+_MALFORMED_COLUMN = "_malformed_mask"
 
 # Physical limits of a real city ride; outside them a row is a recording error, not a rare trip.
 DISTANCE_KM_RANGE = (0.05, 300.0)
@@ -309,7 +325,40 @@ def label_rows(raw: pd.DataFrame) -> pd.DataFrame:
     columns.update({name: np.asarray(features[name], dtype=np.float32) for name in FEATURE_COLUMNS})
     columns[TARGET] = fare.astype(np.float32)
     columns[_REASON_COLUMN] = reason
+    parsed = {
+        "ride_id": (id_missing, id_malformed),
+        "pickup_ts": (ts_missing, ts_malformed),
+        "pickup_zone": (pickup_missing, pickup_malformed),
+        "dropoff_zone": (dropoff_missing, dropoff_malformed),
+        "distance_km": (distance_missing, distance_malformed),
+        "duration_min": (duration_missing, duration_malformed),
+        "fare": (fare_missing, fare_malformed),
+    }
+    columns[_MISSING_COLUMN] = _bitmask([parsed[name][0] for name in REQUIRED_COLUMNS], len(raw))
+    columns[_MALFORMED_COLUMN] = _bitmask([parsed[name][1] for name in REQUIRED_COLUMNS], len(raw))
     return pd.DataFrame(columns)
+
+
+def _bitmask(flags: Sequence[np.ndarray], rows: int) -> np.ndarray:
+    """One uint8 per row: bit i set where ``flags[i]`` is (at most 8 flags)."""
+    mask = np.zeros(rows, dtype=np.uint8)
+    for bit, flag in enumerate(flags):
+        mask |= flag.astype(np.uint8) << np.uint8(bit)
+    return mask
+
+
+def unparsed_counts(labelled: pd.DataFrame) -> dict[str, list[int]]:
+    """``{column: [rows missing, rows malformed]}`` for every column in ``REQUIRED_COLUMNS``.
+
+    Counted over all rows of ``label_rows``'s result, duplicates included; the counts of two
+    slices of a shard add up.
+    """
+    missing = labelled[_MISSING_COLUMN].to_numpy()
+    malformed = labelled[_MALFORMED_COLUMN].to_numpy()
+    return {
+        name: [int(np.count_nonzero(missing & (1 << bit))), int(np.count_nonzero(malformed & (1 << bit)))]
+        for bit, name in enumerate(REQUIRED_COLUMNS)
+    }
 
 
 def mark_duplicates(labelled: pd.DataFrame, duplicates: np.ndarray | None) -> pd.DataFrame:

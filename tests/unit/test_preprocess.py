@@ -155,3 +155,30 @@ def test_statistics_combine_into_the_mean_and_std_of_everything(raw):
 def test_a_missing_column_is_named(raw):
     with pytest.raises(BadInputError, match="duration_min"):
         preprocess.featurise_frame_pandas(raw.drop(columns=["duration_min"]))
+
+
+def test_missing_and_malformed_values_are_counted_per_required_column():
+    raw = pd.DataFrame(
+        [
+            valid_row(1, fare=None),
+            valid_row(2, fare="twelve"),
+            valid_row(3, distance_km="n/a", pickup_ts="yesterday"),
+            valid_row(4.5),
+            valid_row(5, passengers="n/a"),  # not required: a missing count defaults to 1
+            valid_row(5),  # a duplicate is counted like any other row
+        ]
+    )
+    counts = preprocess.unparsed_counts(preprocess.label_rows(raw))
+    assert counts == {
+        "ride_id": [0, 1],
+        "pickup_ts": [0, 1],
+        "pickup_zone": [0, 0],
+        "dropoff_zone": [0, 0],
+        "distance_km": [1, 0],
+        "duration_min": [0, 0],
+        "fare": [1, 1],
+    }
+    halves = [
+        preprocess.unparsed_counts(preprocess.label_rows(raw.iloc[cut])) for cut in (slice(0, 3), slice(3, 6))
+    ]
+    assert {c: [a + b for a, b in zip(*(h[c] for h in halves), strict=True)] for c in counts} == counts
