@@ -14,9 +14,11 @@
    of the shared Dask cluster (`DASK_SCHEDULER_ADDRESS`): the Dask workers read the shard's rows,
    clean them — nulls, malformed numbers, implausible values, duplicates, unknown zones, each
    dropped row counted by reason — featurise them and write the Parquet parts; the task checks
-   and commits what they wrote.
-5. **merge_stats** checks every shard's output, combines the statistics into global
-   normalisation figures and writes the manifest training reads; publishing it emits the
+   and commits what they wrote. A shard that keeps less than `min_rows_kept` of its rows, or none,
+   or has a required column without one usable value fails as bad input (no retry), naming the
+   rows dropped per reason; an earlier commit of it stays as it was.
+5. **merge_stats** checks every shard's output and the rows kept overall (`min_rows_kept` again),
+   combines the statistics into global normalisation figures and writes the manifest training reads; publishing it emits the
    `fanout_features` asset event, which schedules **fanout_train**.
 
 Outputs live under `preprocess/<run>/` of `FANOUT_ARTIFACT_ROOT`; each unit is verified by its
@@ -78,6 +80,14 @@ def _spec(params: dict):
             type="string",
             pattern=KEY_PATTERN,
             description="Existing Parquet dataset under the artifact root; empty generates the synthetic one",
+        ),
+        min_rows_kept=Param(
+            0.5,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Data quality gate: a shard, or the whole run, keeping less than this share of "
+            "its rows after cleaning fails as bad input",
         ),
     ),
     doc_md=__doc__,
@@ -180,7 +190,7 @@ def fanout_preprocess():
             """
         ),
     )
-    def featurise_shard(raw_shard: str) -> dict:
+    def featurise_shard(raw_shard: str, params: dict | None = None) -> dict:
         from pathlib import PurePosixPath
 
         from fanout import daskrun
@@ -188,7 +198,9 @@ def fanout_preprocess():
 
         unit = f"{run_prefix('preprocess')}/shards/{PurePosixPath(raw_shard).stem}"
         with fail_fast():
-            return daskrun.featurise_shard(ArtifactStore(), raw_shard, unit)
+            return daskrun.featurise_shard(
+                ArtifactStore(), raw_shard, unit, min_rows_kept=params["min_rows_kept"]
+            )
 
     @task(
         **placement("bookkeeping"),
@@ -206,13 +218,15 @@ def fanout_preprocess():
             """
         ),
     )
-    def merge_stats(shards: list[dict]) -> dict:
+    def merge_stats(shards: list[dict], params: dict | None = None) -> dict:
         from fanout import featureset
         from fanout.storage import ArtifactStore
 
         out = f"{run_prefix('preprocess')}/merged"
         with fail_fast():
-            summary = featureset.merge_stats(ArtifactStore(), [s["out_unit"] for s in shards], out)
+            summary = featureset.merge_stats(
+                ArtifactStore(), [s["out_unit"] for s in shards], out, min_rows_kept=params["min_rows_kept"]
+            )
         publish(FEATURES, manifest=f"{out}/manifest.json")
         return summary
 

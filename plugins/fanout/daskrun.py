@@ -33,8 +33,9 @@ which Airflow retries.
 Outputs (paths relative to the store): ``<unit>/features/part-NNNNN.parquet`` -- ride_id
 (int64), ``FEATURE_COLUMNS`` and ``TARGET`` (float32), input order; ``<unit>/stats.json`` --
 per column count, sum, sum_sq, min, max; ``<unit>/_SUCCESS.json`` also records rows_in,
-rows_out, dropped (rows per reason in ``DROP_REASONS``), stats, parts (file, rows, worker),
-raw_sha256 and features_version.
+rows_out, dropped (rows per reason in ``DROP_REASONS``), quality (the data quality gates'
+threshold, the share kept, missing and malformed values per required column), stats, parts
+(file, rows, worker), raw_sha256 and features_version.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from fanout.preprocess import (
     ID_COLUMN,
     LOW_CARDINALITY_FEATURES,
     RAW_COLUMNS,
+    REQUIRED_COLUMNS,
     STATS_COLUMNS,
     TARGET,
     check_columns,
@@ -65,7 +67,9 @@ from fanout.preprocess import (
     label_rows,
     mark_duplicates,
     split_labelled,
+    unparsed_counts,
 )
+from fanout.quality import DEFAULT_MIN_ROWS_KEPT, check_shard, check_threshold
 from fanout.settings import env_name, settings
 from fanout.storage import ArtifactStore, sha256_file
 
@@ -227,6 +231,7 @@ def featurise_and_write(
         "rows_in": rows_in,
         "rows_out": len(features),
         "reasons": reasons,
+        "unparsed": unparsed_counts(labelled),
         "stats": stats,
         "sha256": digest,
         "bytes": size,
@@ -405,6 +410,7 @@ def _shard_summary(raw_rel: str, out_unit: str, manifest: dict, *, skipped: bool
         "rows_in": manifest["rows_in"],
         "rows_out": manifest["rows_out"],
         "dropped": manifest["dropped"],
+        "quality": manifest["quality"],
         "parts": len(manifest["parts"]),
         "seconds": manifest["seconds"],
         "executor": manifest["executor"],
@@ -456,13 +462,15 @@ def featurise_shard(
     *,
     scheduler_address: str | None = None,
     partition_rows: int = PARTITION_ROWS,
+    min_rows_kept: float = DEFAULT_MIN_ROWS_KEPT,
 ) -> dict:
     """Clean and featurise one raw shard on the shared Dask cluster; commit ``out_unit``.
 
     Skipped (``skipped=True``, the recorded summary) when ``out_unit`` is verified, was made
     from the same raw bytes and by this ``FEATURES_VERSION``; otherwise it is redone. The old
-    commit is invalidated only once every new part is written, so bad input (BadInputError)
-    or a lost cluster leaves an earlier output as it was. Returns a small JSON-able dict.
+    commit is invalidated only once every new part is written and the shard passed the data
+    quality gates (``fanout.quality``, ``min_rows_kept``), so bad input (BadInputError) or a
+    lost cluster leaves an earlier output as it was. Returns a small JSON-able dict.
 
     With a cluster the store must be reachable from its workers under the same URI (an object
     store, or a volume mounted at the same path).
@@ -470,6 +478,7 @@ def featurise_shard(
     started = time.perf_counter()
     if not isinstance(partition_rows, int) or isinstance(partition_rows, bool) or partition_rows < 1:
         raise BadInputError(f"partition_rows must be a positive integer, got {partition_rows!r}")
+    min_rows_kept = check_threshold(min_rows_kept)
     metadata = open_raw_shard(store, raw_rel)
     plan = plan_partitions(metadata, partition_rows)
     recorded = store.verified(out_unit)
@@ -484,6 +493,15 @@ def featurise_shard(
             (raw_sha256,) = cluster.compute(digest)
             if recorded.get("raw_sha256") == raw_sha256:
                 log.info("%s already verified; skipping", store.uri(out_unit))
+                # Judged again: this run's threshold may differ from the one recorded.
+                recorded["quality"] = check_shard(
+                    f"raw shard {store.uri(raw_rel)}",
+                    recorded["rows_in"],
+                    recorded["rows_out"],
+                    recorded["dropped"],
+                    recorded["quality"]["unparsed"],
+                    min_rows_kept,
+                )
                 return _shard_summary(raw_rel, out_unit, recorded, skipped=True)
         log.info(
             "featurising %s: %d rows in %d partitions on %s%s",
@@ -504,6 +522,20 @@ def featurise_shard(
             f"row accounting is off for {raw_rel}: {metadata.num_rows} rows, {rows_in} read, "
             f"{rows_out} kept + {dropped} dropped"
         )
+    unparsed = {
+        column: [sum(s["unparsed"][column][i] for s in summaries) for i in (0, 1)]
+        for column in REQUIRED_COLUMNS
+    }
+    try:
+        quality = check_shard(
+            f"raw shard {store.uri(raw_rel)}", rows_in, rows_out, dropped, unparsed, min_rows_kept
+        )
+    except BadInputError:
+        store.remove(f"{out_unit}/{STAGING_DIR}", recursive=True)  # never published: the old commit stands
+        raise
+    log.info(
+        "%s passes the data quality gates: kept %.1f%% of its rows", raw_rel, 100 * quality["kept_share"]
+    )
     stats = combine_stats(summary["stats"] for summary in summaries)
     written = _publish(store, out_unit, summaries)
     store.write_json(f"{out_unit}/{STATS_FILE}", stats)
@@ -520,6 +552,7 @@ def featurise_shard(
         rows_in=rows_in,
         rows_out=rows_out,
         dropped=dropped,
+        quality=quality,
         stats=stats,
         parts=[
             {"path": rel, "rows_in": s["rows_in"], "rows_out": s["rows_out"], "worker": s["worker"]}

@@ -9,8 +9,10 @@ training (``fanout.train``) and what the run report shows:
 * ``files`` -- the feature Parquet files, in order: ``path``, ``rows_out``, ``sha256`` and the
   ``unit`` that made it; training reads and checks each;
 * ``shards`` -- per raw shard: ``unit``, ``raw``, ``rows_in``, ``rows_out``, ``dropped`` (rows per
-  reason in ``DROP_REASONS``) and its ``files``;
-* ``rows_in``, ``rows_out``, ``dropped`` -- totals.
+  reason in ``DROP_REASONS``), ``quality`` (its data quality gates' record) and its ``files``;
+* ``rows_in``, ``rows_out``, ``dropped`` -- totals;
+* ``quality`` -- the run-level gate (``fanout.quality.check_run``): the ``min_rows_kept``
+  threshold, the share of rows kept overall, the outcome.
 """
 
 from __future__ import annotations
@@ -24,17 +26,22 @@ from fanout.preprocess import (
     combine_stats,
     summarise_stats,
 )
+from fanout.quality import DEFAULT_MIN_ROWS_KEPT, check_run
 from fanout.storage import ArtifactStore
 
 MANIFEST_FILE = "manifest.json"
 
 
-def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict:
+def merge_stats(
+    store: ArtifactStore, units: list[str], out_prefix: str, min_rows_kept: float = DEFAULT_MIN_ROWS_KEPT
+) -> dict:
     """Fan-in: combine per-shard units into ``out_prefix/manifest.json`` (training's contract).
 
     Every unit must be verified and made by this ``FEATURES_VERSION`` (BadInputError names the
-    first that is not). The manifest is rewritten on every call: it is cheap and always
-    reflects exactly ``units``. Returns a small summary, per-reason drop counts included.
+    first that is not), and together they must pass the run-level data quality gate (at least
+    ``min_rows_kept`` of their rows kept; BadInputError otherwise, and no manifest is written).
+    The manifest is rewritten on every call: it is cheap and always reflects exactly ``units``.
+    Returns a small summary, per-reason drop counts included.
     """
     if not units:
         raise BadInputError("merge_stats needs at least one featurised unit")
@@ -66,12 +73,12 @@ def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict
                 "rows_in": recorded["rows_in"],
                 "rows_out": recorded["rows_out"],
                 "dropped": recorded["dropped"],
+                "quality": recorded["quality"],
                 "files": paths,
             }
         )
     dropped = {reason: sum(shard["dropped"].get(reason, 0) for shard in shards) for reason in DROP_REASONS}
-    if not any(shard["rows_out"] for shard in shards):
-        raise BadInputError(f"no rows survived cleaning in any of {len(units)} units; nothing to train on")
+    quality = check_run(shards, min_rows_kept)
     manifest = {
         "feature_columns": FEATURE_COLUMNS,
         "target": TARGET,
@@ -81,6 +88,7 @@ def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict
         "rows_in": sum(shard["rows_in"] for shard in shards),
         "rows_out": sum(shard["rows_out"] for shard in shards),
         "dropped": dropped,
+        "quality": quality,
     }
     store.invalidate(out_prefix)
     store.write_json(f"{out_prefix}/{MANIFEST_FILE}", manifest)
@@ -91,4 +99,5 @@ def merge_stats(store: ArtifactStore, units: list[str], out_prefix: str) -> dict
         "rows_in": manifest["rows_in"],
         "rows_out": manifest["rows_out"],
         "dropped": dropped,
+        "quality": quality,
     }

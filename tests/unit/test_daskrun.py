@@ -236,17 +236,105 @@ def test_partition_rows_must_be_a_positive_integer(shard, partition_rows):
         daskrun.featurise_shard(shard, "raw/shard.parquet", "unit", partition_rows=partition_rows)
 
 
-def test_empty_shard_commits_one_empty_part(tmp_path):
+def test_empty_shard_is_bad_input_and_writes_nothing(tmp_path):
     store = ArtifactStore(str(tmp_path))
     table, _, _ = datasets.synthesise_row_group(datasets.SyntheticSpec(1, 10, 1), 0, 0)
     os.makedirs(store.path("raw"))
     pq.write_table(table.slice(0, 0), store.path("raw/shard.parquet"))
 
-    result = featurise(store)
-    assert (result["rows_in"], result["rows_out"], result["parts"]) == (0, 0, 1)
-    schema = pq.read_schema(store.path("unit/features/part-00000.parquet"))
-    assert schema.names == preprocess.OUTPUT_COLUMNS
-    assert str(schema.field("fare").type) == "float"
+    with pytest.raises(
+        BadInputError, match=r"raw/shard\.parquet fails the data quality gates: the shard has no rows"
+    ):
+        featurise(store)
+    assert unit_bytes(store, "unit") == {}, "nothing written, nothing staged left behind"
+
+
+# -- the data quality gates ----------------------------------------------------------------------------
+def rewrite_raw(store: ArtifactStore, change) -> None:
+    """Replace raw/shard.parquet by ``change(table)``, in 4k-row row groups as generated."""
+    table = change(pq.read_table(store.path("raw/shard.parquet")))
+    pq.write_table(table, store.path("raw/shard.parquet"), row_group_size=4_000)
+
+
+def with_column(table, name: str, values):
+    import pyarrow as pa
+
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda t: with_column(t, "fare", ["twelve"] * t.num_rows),
+            "required column 'fare' has no usable value in any of its 20000 rows (0 missing, 20000 malformed)",
+        ),
+        (
+            lambda t: with_column(t, "fare", [float("nan")] * t.num_rows),
+            "required column 'fare' has no usable value in any of its 20000 rows (20000 missing, 0 malformed)",
+        ),
+        (
+            lambda t: with_column(t, "distance_km", ["n/a"] * 10_000 + ["far"] * 10_000),
+            "required column 'distance_km' has no usable value in any of its 20000 rows "
+            "(10000 missing, 10000 malformed)",
+        ),
+    ],
+    ids=["text-in-fare", "all-nan-fare", "no-distance"],
+)
+def test_a_required_column_without_a_usable_value_fails_the_shard_and_keeps_earlier_output(
+    shard, change, expected
+):
+    featurise(shard)
+    committed = unit_bytes(shard, "unit")
+    rewrite_raw(shard, change)
+
+    with pytest.raises(BadInputError) as err:
+        featurise(shard)
+    message = str(err.value)
+    assert message.startswith(f"raw shard {shard.uri('raw/shard.parquet')} fails the data quality gates: ")
+    assert expected in message
+    assert "the shard kept none of 20000 rows" in message
+    assert "rows dropped by reason: " in message
+    assert unit_bytes(shard, "unit") == committed, "the earlier commit stands, no staging left behind"
+    assert shard.verified("unit") is not None
+
+
+def test_a_shard_keeping_less_than_min_rows_kept_fails_with_its_drops_by_reason(shard):
+    # Every ride three times over: two thirds of the rows are duplicates.
+    import pyarrow as pa
+
+    rewrite_raw(shard, lambda t: pa.concat_tables([t, t, t]))
+    with pytest.raises(BadInputError) as err:
+        featurise(shard)
+    message = str(err.value)
+    assert "the shard kept " in message and "below min_rows_kept=0.5" in message
+    assert "rows dropped by reason: duplicate=" in message, "the largest reason comes first"
+    assert "required column" not in message
+    assert unit_bytes(shard, "unit") == {}
+
+    passed = featurise(shard, min_rows_kept=0.3)
+    assert passed["quality"]["passed"] and passed["quality"]["min_rows_kept"] == pytest.approx(0.3)
+    assert 0.3 <= passed["quality"]["kept_share"] < 1 / 3
+
+
+def test_the_gates_outcome_is_recorded_and_judged_again_when_the_shard_is_skipped(shard):
+    result = featurise(shard)
+    recorded = shard.verified("unit")["quality"]
+    assert recorded == result["quality"]
+    assert recorded["min_rows_kept"] == pytest.approx(0.5) and recorded["passed"]
+    assert recorded["kept_share"] == result["rows_out"] / result["rows_in"]
+    assert recorded["unparsed"]["fare"][0] > 0, "the dirt's missing fares are counted"
+    assert set(recorded["unparsed"]) == set(preprocess.REQUIRED_COLUMNS)
+
+    committed = unit_bytes(shard, "unit")
+    with pytest.raises(BadInputError, match=r"below min_rows_kept=0\.99"):
+        featurise(shard, min_rows_kept=0.99)
+    assert unit_bytes(shard, "unit") == committed
+
+
+def test_min_rows_kept_must_be_a_share(shard):
+    with pytest.raises(BadInputError, match="min_rows_kept must be a number in"):
+        featurise(shard, min_rows_kept=2)
 
 
 def test_partitions_follow_row_groups_never_the_cluster():

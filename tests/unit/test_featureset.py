@@ -79,3 +79,38 @@ def test_an_unverified_or_outdated_unit_is_named(units):
         featureset.merge_stats(store, ["old"], "merged-bad")
     with pytest.raises(BadInputError, match="at least one"):
         featureset.merge_stats(store, [], "merged-bad")
+
+
+def test_the_manifest_records_each_shards_gate_and_the_runs(units):
+    store, results = units
+    summary = featureset.merge_stats(
+        store, [r["out_unit"] for r in results], "merged-gates", min_rows_kept=0.6
+    )
+    manifest = store.read_json(summary["manifest"])
+    assert [s["quality"] for s in manifest["shards"]] == [r["quality"] for r in results]
+    assert all(
+        s["quality"]["passed"] and s["quality"]["min_rows_kept"] == pytest.approx(0.5)
+        for s in manifest["shards"]
+    )
+    expected = {
+        "min_rows_kept": 0.6,
+        "kept_share": manifest["rows_out"] / manifest["rows_in"],
+        "passed": True,
+        "shards": 2,
+    }
+    assert manifest["quality"] == summary["quality"] == expected
+
+
+def test_a_run_keeping_too_little_overall_fails_and_keeps_the_earlier_manifest(units):
+    store, results = units
+    unit_paths = [r["out_unit"] for r in results]
+    featureset.merge_stats(store, unit_paths, "merged-strict")
+    before = store.read_bytes("merged-strict/manifest.json")
+    with pytest.raises(
+        BadInputError,
+        match=r"the run fails the data quality gates: its 2 shard\(s\) together kept \d+ of 24000 rows "
+        r"\(9\d\.\d%\), below min_rows_kept=0\.99; rows dropped by reason: .+; least kept: raw/shard-",
+    ):
+        featureset.merge_stats(store, unit_paths, "merged-strict", min_rows_kept=0.99)
+    assert store.read_bytes("merged-strict/manifest.json") == before
+    assert store.verified("merged-strict") is not None
