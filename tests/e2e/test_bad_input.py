@@ -1,6 +1,16 @@
-"""Bad input through the real api-server and scheduler: refused at trigger, or failed once at planning.
+"""Bad input through the real api-server and scheduler: refused at trigger, failed once at planning,
+or failed once by the task that meets it.
 
-Each case asserts the error text a user sees, that no retry was spent and that no mapped task started.
+Each case asserts the error text a user sees, that no retry was spent and that what was written
+before is intact. The cases, by issue 13's items and the bad inputs that already held:
+
+* trigger (HTTP 400, no run created): a misspelt conf key (item 3), a traversing, absolute or
+  other-bucket path (item 1), a data quality threshold out of range (item 2);
+* planning (the planner fails once, no mapped task starts): a corrupt or missing model, a corrupt
+  or incomplete features manifest (item 6); an empty dataset, a tampered dataset `_SUCCESS.json`;
+* a shard's own task (it fails once, its earlier commit stands): the data quality gates (item 2:
+  text in a numeric column, an all-NaN fare, too few rows kept, no row), a truncated Parquet file,
+  a missing column.
 """
 
 from __future__ import annotations
@@ -8,10 +18,19 @@ from __future__ import annotations
 import pytest
 
 from fanout.localstack import AirflowError
+from fanout.storage import safe_key
 
 
 def _tis(client, dag_id, run_id):
     return {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances(dag_id, run_id)}
+
+
+def _failure(client, dag_id, run_id, task_id, try_number, map_index=-1) -> str:
+    """The exception a failed try ended with, as its log shows it (the line users read)."""
+    log = client.task_log(dag_id, run_id, task_id, try_number, map_index=map_index)
+    lines = [line for line in log.splitlines() if line.startswith("AirflowFailException: ")]
+    assert lines, f"{task_id}[{map_index}] try {try_number} did not fail fast:\n{log[-2000:]}"
+    return lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -22,14 +41,20 @@ def _tis(client, dag_id, run_id):
         ("fanout_preprocess", {"dataset_prefix": "../outside/ds"}, "dataset_prefix"),
         ("fanout_train", {"features_manifest": "/etc/passwd"}, "features_manifest"),
         ("fanout_render", {"model": "s3://elsewhere/model.pt"}, "model"),
+        (
+            "fanout_preprocess",
+            {"min_rows_kept": 1.5},
+            "param min_rows_kept: 1.5 is greater than the maximum of 1",
+        ),
     ],
-    ids=["misspelt-key", "misspelt-key-train", "traversal", "absolute-path", "other-bucket"],
+    ids=["misspelt-key", "misspelt-key-train", "traversal", "absolute-path", "other-bucket", "threshold"],
 )
-def test_bad_conf_is_refused_at_trigger_naming_it(airflow, dag_id, conf, expected):
+def test_bad_conf_is_refused_at_trigger_naming_it(airflow, record_property, dag_id, conf, expected):
     _, client = airflow
     before = len(client.dag_runs(dag_id))
     with pytest.raises(AirflowError, match="HTTP 400") as err:
         client.trigger(dag_id, conf)
+    record_property("error", str(err.value))
     assert expected in str(err.value)
     assert len(client.dag_runs(dag_id)) == before, "no run was created"
 
@@ -59,7 +84,7 @@ def test_bad_conf_is_refused_at_trigger_naming_it(airflow, dag_id, conf, expecte
     ids=["corrupt-model", "missing-model", "corrupt-manifest", "incomplete-manifest"],
 )
 def test_a_bad_input_file_fails_planning_once_and_no_mapped_task_starts(
-    airflow, store, dag_id, planner, mapped, conf_key, content, expected
+    airflow, store, record_property, dag_id, planner, mapped, conf_key, content, expected
 ):
     _, client = airflow
     client.unpause(dag_id)
@@ -73,7 +98,158 @@ def test_a_bad_input_file_fails_planning_once_and_no_mapped_task_starts(
     plan = tis[planner, -1]
     assert plan["state"] == "failed"
     assert plan["try_number"] == 1, "bad input must not spend retries"
-    assert expected in client.task_log(dag_id, run_id, planner, 1)
+    failure = _failure(client, dag_id, run_id, planner, 1)
+    record_property("error", failure)
+    assert expected in failure
     assert not [
         key for key, ti in tis.items() if key[0] == mapped and ti["state"] not in (None, "upstream_failed")
     ]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"README.txt": b"the export failed"}, "no Parquet shards under"),
+        (
+            {"_SUCCESS.json": b'{"files": {"shard-00000.parq', "shard-00000.parquet": b"PAR1"},
+            "is not valid JSON",
+        ),
+    ],
+    ids=["empty-dataset", "tampered-success-json"],
+)
+def test_a_dataset_with_nothing_to_featurise_fails_listing_once(
+    airflow, store, request, record_property, files, expected
+):
+    _, client = airflow
+    client.unpause("fanout_preprocess")
+    prefix = f"user-inputs/datasets/{request.node.callspec.id}"
+    for name, content in files.items():
+        store.write_bytes(f"{prefix}/{name}", content)
+    run_id = client.trigger("fanout_preprocess", {"dataset_prefix": prefix})
+    assert client.wait_run("fanout_preprocess", run_id, timeout=180)["state"] == "failed"
+    tis = _tis(client, "fanout_preprocess", run_id)
+    listing = tis["commit_dataset", -1]
+    assert (listing["state"], listing["try_number"]) == ("failed", 1), "bad input must not spend retries"
+    failure = _failure(client, "fanout_preprocess", run_id, "commit_dataset", 1)
+    record_property("error", failure)
+    assert expected in failure
+    assert not [
+        key
+        for key, ti in tis.items()
+        if key[0] == "featurise_shard" and ti["state"] not in (None, "upstream_failed")
+    ]
+    assert {name: store.read_bytes(f"{prefix}/{name}") for name in files} == files, "the input is untouched"
+
+
+# -- bad shards: each fails its own task once and keeps what it committed before ------------------------
+GOOD_ROWS = 4_000
+
+
+def _shard_variants(good: bytes) -> dict[str, tuple[bytes | None, str]]:
+    """{shard name: (its content in the second round or None if unchanged, expected error text)}."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(good))
+
+    def parquet(changed: pa.Table) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(changed, sink, row_group_size=2_000)
+        return sink.getvalue()
+
+    def column(name: str, values: list) -> bytes:
+        return parquet(table.set_column(table.schema.get_field_index(name), name, pa.array(values)))
+
+    rows = table.num_rows
+    return {
+        "part-0": (None, ""),
+        "part-1": (
+            column("fare", ["twelve"] * rows),
+            f"required column 'fare' has no usable value in any of its {rows} rows (0 missing, {rows} malformed)",
+        ),
+        "part-2": (
+            column("fare", [float("nan")] * rows),
+            f"required column 'fare' has no usable value in any of its {rows} rows ({rows} missing, 0 malformed)",
+        ),
+        "part-3": (
+            parquet(pa.concat_tables([table] * 3)),
+            "below min_rows_kept=0.5; rows dropped by reason: duplicate=",
+        ),
+        "part-4": (parquet(table.slice(0, 0)), "fails the data quality gates: the shard has no rows"),
+        "part-5": (good[: len(good) // 2], "part-5.parquet is not a readable Parquet file"),
+        "part-6": (
+            parquet(table.drop_columns(["duration_min"])),
+            "part-6.parquet is missing required column(s) duration_min",
+        ),
+    }
+
+
+def _unit_files(store, unit: str) -> dict[str, bytes]:
+    return {path: store.read_bytes(f"{unit}/{path}") for path in sorted(store.files(unit))}
+
+
+def test_bad_shards_fail_their_own_task_once_and_keep_their_earlier_commit(airflow, store, record_property):
+    """A user dataset of good shards is featurised; then most shards are replaced by bad ones and their
+    tasks cleared: each fails once, with its problem named, and its earlier commit stays as it was.
+
+    The first run also holds a truncated shard from the start, so it fails too and emits no asset
+    event (a successful merge_stats would start training).
+    """
+    from fanout import datasets
+
+    _, client = airflow
+    client.unpause("fanout_preprocess")
+    source = datasets.SyntheticSpec(n_shards=1, rows_per_shard=GOOD_ROWS, seed=13, row_group_rows=2_000)
+    (raw,) = datasets.generate_dataset(store, "user-inputs/gates-source", source)
+    good = store.read_bytes(raw)
+    variants = _shard_variants(good)
+    prefix = "user-inputs/gates"
+    for name in variants:
+        store.write_bytes(f"{prefix}/{name}.parquet", good)
+    store.write_bytes(f"{prefix}/part-7.parquet", good[: len(good) // 3])
+
+    run_id = client.trigger("fanout_preprocess", {"dataset_prefix": prefix})
+    assert client.wait_run("fanout_preprocess", run_id, timeout=300)["state"] == "failed"
+    tis = _tis(client, "fanout_preprocess", run_id)
+    index = {name: i for i, name in enumerate([*variants, "part-7"])}
+    assert (
+        tis["featurise_shard", index["part-7"]]["state"],
+        tis["featurise_shard", index["part-7"]]["try_number"],
+    ) == ("failed", 1)
+    failure = _failure(client, "fanout_preprocess", run_id, "featurise_shard", 1, index["part-7"])
+    record_property("part-7", failure)
+    assert "part-7.parquet is not a readable Parquet file" in failure
+    units = {name: f"preprocess/{safe_key(run_id)}/shards/{name}" for name in variants}
+    assert all(tis["featurise_shard", index[name]]["state"] == "success" for name in variants)
+    committed = {name: _unit_files(store, unit) for name, unit in units.items()}
+    assert all(store.verified(unit) is not None for unit in units.values())
+
+    bad = [name for name, (content, _) in variants.items() if content is not None]
+    for name in bad:
+        store.write_bytes(f"{prefix}/{name}.parquet", variants[name][0])
+    client.post(
+        "/dags/fanout_preprocess/clearTaskInstances",
+        {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [["featurise_shard", index[name]] for name in bad] + ["merge_stats"],
+            "only_failed": False,
+            "reset_dag_runs": True,
+        },
+    )
+    assert client.wait_run("fanout_preprocess", run_id, timeout=300)["state"] == "failed"
+
+    tis = _tis(client, "fanout_preprocess", run_id)
+    for name in bad:
+        ti = tis["featurise_shard", index[name]]
+        assert (ti["state"], ti["try_number"]) == ("failed", 2), f"{name}: one try after the clear, no retry"
+        failure = _failure(client, "fanout_preprocess", run_id, "featurise_shard", 2, index[name])
+        record_property(name, failure)
+        assert variants[name][1] in failure, name
+    assert tis["featurise_shard", index["part-0"]]["try_number"] == 1, "a shard not cleared did not run again"
+    assert tis["merge_stats", -1]["state"] == "upstream_failed"
+    for name, unit in units.items():
+        assert _unit_files(store, unit) == committed[name], f"{name}: its earlier commit is intact"
+        assert store.verified(unit) is not None, name
