@@ -10,10 +10,16 @@ before is intact. The cases, by issue 13's items and the bad inputs that already
   or incomplete features manifest (item 6); an empty dataset, a tampered dataset `_SUCCESS.json`;
 * a shard's own task (it fails once, its earlier commit stands): the data quality gates (item 2:
   text in a numeric column, an all-NaN fare, too few rows kept, no row), a truncated Parquet file,
-  a missing column.
+  a missing column;
+* parsing (item 7): bad `FANOUT_*` settings make every DAG file fail to import, naming each variable.
 """
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +259,54 @@ def test_bad_shards_fail_their_own_task_once_and_keep_their_earlier_commit(airfl
     for name, unit in units.items():
         assert _unit_files(store, unit) == committed[name], f"{name}: its earlier commit is intact"
         assert store.verified(unit) is not None, name
+
+
+BAD_SETTINGS = {
+    "FANOUT_RETRIES": ("two", "FANOUT_RETRIES='two' is invalid: expected a whole number >= 0"),
+    "FANOUT_RETRY_DELAY_SECONDS": (
+        "-5",
+        "FANOUT_RETRY_DELAY_SECONDS='-5' is invalid: expected a number of seconds >= 0",
+    ),
+    "FANOUT_PARAMS": (
+        '{"fanout_train": 3}',
+        "FANOUT_PARAMS='{\"fanout_train\": 3}' is invalid: expected a JSON object of DAG id",
+    ),
+}
+
+
+def _json_list(output: str) -> list[dict]:
+    """The JSON list an Airflow CLI command printed among its log lines."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, char in enumerate(output) if char == "["):
+        try:
+            value, _ = decoder.raw_decode(output, start)
+        except ValueError:
+            continue
+        if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            return value
+    raise AssertionError(f"no JSON list in the command's output:\n{output[-2000:]}")
+
+
+def test_bad_settings_fail_every_dag_file_naming_each_variable(airflow, record_property):
+    """Airflow's own DAG parsing (the DagBag the dag-processor runs, here through ``airflow dags
+    list-import-errors --local`` so the running stack keeps its good settings) with bad settings."""
+    stack, client = airflow
+    env = {**stack.env(), **{name: value for name, (value, _) in BAD_SETTINGS.items()}}
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "list-import-errors", "--local", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    errors = {Path(e["filepath"]).name: e["error"] for e in _json_list(done.stdout)}
+    assert sorted(errors) == ["preprocess.py", "render.py", "train.py"]
+    for dag_file, error in errors.items():
+        failure = error.strip().splitlines()[-1]
+        record_property(dag_file, failure)
+        assert failure.startswith("fanout.settings.SettingsError: "), failure
+        for _, expected in BAD_SETTINGS.values():
+            assert expected in error, (dag_file, expected)
+    assert client.get("/importErrors")["import_errors"] == [], "the running stack still parses its DAGs"
