@@ -11,7 +11,9 @@ before is intact. The cases, by issue 13's items and the bad inputs that already
 * a shard's own task (it fails once, its earlier commit stands): the data quality gates (item 2:
   text in a numeric column, an all-NaN fare, too few rows kept, no row), a truncated Parquet file,
   a missing column;
-* parsing (item 7): bad `FANOUT_*` settings make every DAG file fail to import, naming each variable.
+* parsing (item 7): bad `FANOUT_*` settings make every DAG file fail to import, naming each variable;
+* our own outputs damaged (not bad input: recovered without a retry): a cut checkpoint and a tampered
+  `_SUCCESS.json` of a trial; its re-run starts afresh and writes the same bytes (item 5).
 """
 
 from __future__ import annotations
@@ -310,3 +312,53 @@ def test_bad_settings_fail_every_dag_file_naming_each_variable(airflow, record_p
         for _, expected in BAD_SETTINGS.values():
             assert expected in error, (dag_file, expected)
     assert client.get("/importErrors")["import_errors"] == [], "the running stack still parses its DAGs"
+
+
+def test_a_cut_checkpoint_and_tampered_commit_are_redone_to_the_same_bytes(airflow, store, record_property):
+    """A trial's commit is tampered with and its checkpoint cut (a try that died mid-write); the cleared
+    trial says so, starts afresh on its one try and writes the model and metrics byte for byte again."""
+    from fanout import daskrun, datasets, featureset
+
+    _, client = airflow
+    spec = datasets.SyntheticSpec(n_shards=1, rows_per_shard=GOOD_ROWS, seed=17, row_group_rows=2_000)
+    (raw,) = datasets.generate_dataset(store, "user-inputs/checkpoint/raw", spec)
+    daskrun.featurise_shard(store, raw, "user-inputs/checkpoint/shard", scheduler_address=None)
+    featureset.merge_stats(store, ["user-inputs/checkpoint/shard"], "user-inputs/checkpoint/features")
+    conf = {"features_manifest": "user-inputs/checkpoint/features/manifest.json", "n_trials": 1, "epochs": 2}
+
+    client.patch("/dags/fanout_render", {"is_paused": True})  # no render run from this model's asset event
+    try:
+        client.unpause("fanout_train")
+        run_id = client.trigger("fanout_train", conf)
+        assert client.wait_run("fanout_train", run_id, timeout=300)["state"] == "success"
+        trial = f"train/{safe_key(run_id)}/trials/trial-000"
+        outputs = {name: store.read_bytes(f"{trial}/{name}") for name in ("model.pt", "metrics.json")}
+        checkpoint = store.read_bytes(f"{trial}/checkpoint.pt")
+        store.write_bytes(f"{trial}/checkpoint.pt", checkpoint[: len(checkpoint) // 2])
+        record = store.read_json(f"{trial}/_SUCCESS.json")
+        store.write_json(
+            f"{trial}/_SUCCESS.json", {**record, "files": dict.fromkeys(record["files"], "0" * 64)}
+        )
+        assert store.verified(trial) is None
+
+        client.post(
+            "/dags/fanout_train/clearTaskInstances",
+            {
+                "dry_run": False,
+                "dag_run_id": run_id,
+                "task_ids": [["train_trial", 0], "select_best"],
+                "only_failed": False,
+                "reset_dag_runs": True,
+            },
+        )
+        assert client.wait_run("fanout_train", run_id, timeout=300)["state"] == "success"
+    finally:
+        client.unpause("fanout_render")
+    ti = _tis(client, "fanout_train", run_id)["train_trial", 0]
+    assert (ti["state"], ti["try_number"]) == ("success", 2), "one try after the clear, no retry"
+    log = client.task_log("fanout_train", run_id, "train_trial", 2, map_index=0)
+    warning = next(line for line in log.splitlines() if "ignoring unreadable checkpoint" in line)
+    record_property("warning", warning)
+    assert f"{trial}/checkpoint.pt" in warning
+    assert store.verified(trial) is not None
+    assert {name: store.read_bytes(f"{trial}/{name}") for name in outputs} == outputs
