@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import pickle
 import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -693,6 +694,12 @@ def load_model(
             bundle = torch.load(local, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BadInputError(f"model not found: {where}") from None
+    except pickle.UnpicklingError:
+        # torch's own text here advises weights_only=False, which would run any code the file holds
+        raise BadInputError(
+            f"{where} is not a readable {MODEL_FORMAT} model: not a torch archive of tensors and plain "
+            "data (anything else is refused unread: loading it could run code)"
+        ) from None
     except Exception as exc:  # truncated or not a torch archive: reading it again will not help
         raise BadInputError(f"{where} is not a readable {MODEL_FORMAT} model: {exc}") from None
     if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:

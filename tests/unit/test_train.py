@@ -406,3 +406,17 @@ def test_surface_grid_keeps_features_derived_from_an_axis_consistent(sweep):
     assert grid["is_rush_hour"].tolist() == [0, 1, 0, 1] and grid["is_weekend"].tolist() == [0] * 4
     passengers_mean = bundle["x_mean"][bundle["feature_columns"].index("passengers")]
     assert grid["passengers"].tolist() == [passengers_mean] * 4
+
+
+class _Payload:
+    """An arbitrary object: unpickling it could run code, so a weights-only load refuses it."""
+
+
+def test_a_model_file_holding_arbitrary_objects_is_refused_without_advising_an_unsafe_load(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    torch.save({"format": train.MODEL_FORMAT, "payload": _Payload()}, tmp_path / "model.pt")
+    with pytest.raises(BadInputError) as refused:
+        train.load_model(store, "model.pt", device="cpu")
+    message = str(refused.value)
+    assert "not a torch archive of tensors and plain data" in message
+    assert "weights_only" not in message and "arbitrary code" not in message
