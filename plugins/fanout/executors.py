@@ -43,19 +43,30 @@ grants it); without it the check is skipped with one warning.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from airflow.models.log import Log
 from airflow.providers.cncf.kubernetes.executors.kubernetes_executor import KubernetesExecutor
 from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import POD_EXECUTOR_DONE_KEY
+from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
 from airflow.utils.session import NEW_SESSION, create_session, provide_session
 from airflow.utils.state import TaskInstanceState
 from kubernetes.client.rest import ApiException
 from sqlalchemy import select
 
-from fanout.failures import FAILURE_ANNOTATION, FAILURE_LABEL, TryFailure, diagnose, memory_limit, pod_end
-from fanout.pods import resolve_executor_config, size_fit_problem
-from fanout.pools import SIZE_KEY
+from fanout.failures import (
+    FAILURE_ANNOTATION,
+    FAILURE_LABEL,
+    OOM_KILLED,
+    TryFailure,
+    diagnose,
+    memory_limit,
+    pod_end,
+)
+from fanout.pods import SIZE_LABEL, resolve_executor_config, size_fit_problem
+from fanout.pools import SIZE_KEY, SIZES
+from fanout.retries import after_oom, plan_retry
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -65,6 +76,7 @@ if TYPE_CHECKING:
 NOTE_LIMIT = 1000  # task_instance_note.content is a VARCHAR(1000)
 POD_FAILED_EVENT = "worker pod failed"
 POD_NOT_CREATED_EVENT = "worker pod not created"
+RETRY_CHANGED_EVENT = "retry pod changed"
 NODES_TTL_S = 30.0  # how long a list of nodes serves the size check
 FAILED_TRIES_KEPT = 10_000  # task instances whose failed tries the executor remembers
 
@@ -94,17 +106,29 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
 
     def execute_async(self, key, command, queue=None, executor_config=None) -> None:
         # DAG files name a size (fanout.pools.placement), not a pod: the pod is built here, so
-        # parsing never imports kubernetes and the settings are the scheduler's.
+        # parsing never imports kubernetes and the settings are the scheduler's. A retry's pod
+        # also answers what ended the earlier tries (fanout.retries): more memory, another node.
+        size = (executor_config or {}).get(SIZE_KEY)
+        plan = None
         try:
-            config = resolve_executor_config(executor_config)
-            size = (executor_config or {}).get(SIZE_KEY)
-            problem = size_fit_problem(size, nodes) if size and (nodes := self._nodes_now()) else None
+            nodes = self._nodes_now() if size else None
+            if size and key.try_number > 1:
+                plan = plan_retry(size, key.try_number, self._failures_before(key), nodes)
+            config = resolve_executor_config(executor_config, plan)
+            memory = plan.memory if plan else None
+            problem = size_fit_problem(size, nodes, memory=memory) if size and nodes else None
         except ValueError as err:  # an unknown size or a bad setting: no pod can be made
             problem = f"fanout could not size the task's pod: {err}"
         if problem:
             self.log.error("Task %s: %s", key, problem)
             self._fail_without_retry(key, problem)
             return
+        if plan is not None and plan.changes:
+            note = plan.note()
+            self.log.info("Task %s: %s", key, note)
+            with create_session() as session:
+                self._note(key, f"Try {key.try_number}: {note}", session)
+                session.add(Log(event=RETRY_CHANGED_EVENT, task_instance=key, extra=note))
         super().execute_async(key, command, queue=queue, executor_config=config)
 
     def _nodes_now(self) -> list[Any] | None:
@@ -128,50 +152,51 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
 
     def _fail_without_retry(self, key: TaskInstanceKey, message: str) -> None:
         """Fail the try for good: retrying cannot fix a size (the next try gets the same pod)."""
-        from airflow.models.taskinstance import TaskInstance
-
         with create_session() as session:
-            ti = session.scalar(select(TaskInstance).where(*self._ti_filter(key)))
-            if ti is not None:
-                # The scheduler retries while try_number <= max_tries (TaskInstance.is_eligible_to_retry).
-                ti.max_tries = min(ti.max_tries, ti.try_number - 1)
-                ti.note = append_note(ti.note, f"Try {key.try_number}: {message}")
-                session.add(Log(event=POD_NOT_CREATED_EVENT, task_instance=key, extra=message))
+            self._note(key, f"Try {key.try_number}: {message}", session, final=True)
+            session.add(Log(event=POD_NOT_CREATED_EVENT, task_instance=key, extra=message))
         self.fail(key=key, info=message)
 
     # --- pods that ended -------------------------------------------------------------------------------
 
     @provide_session
     def _change_state(self, results: KubernetesResults, *, session: Session = NEW_SESSION) -> None:
-        failure = None
+        failure = pod = None
         if results.key in self.running and results.state in (TaskInstanceState.FAILED, None):
             # Before the parent may delete the pod ([kubernetes_executor] delete_worker_pods_on_failure).
-            failure, results = self._examine(results, session)
+            failure, results, pod = self._examine(results, session)
         super()._change_state(results, session=session)
         reported = self.event_buffer.get(results.key)
         if failure is None or reported is None or reported[0] != TaskInstanceState.FAILED:
             return  # not a failure, or requeued before the task started: the scheduler never sees it
-        explanation = failure.explain()
-        self.event_buffer[results.key] = (TaskInstanceState.FAILED, explanation)
-        self.log.warning("Task %s: %s", results.key, explanation)
         key = results.key
+        ti = self._task_instance(key, session)
+        explanation, final = failure.explain(), False
+        size = (pod.metadata.labels or {}).get(SIZE_LABEL) if pod is not None and pod.metadata else None
+        if failure.cause == OOM_KILLED and size in SIZES:
+            retries_left = ti is not None and ti.try_number <= ti.max_tries
+            consequence, final = after_oom(size, failure, self._nodes_now(), retries_left=retries_left)
+            explanation = f"{explanation} {consequence}".strip()
+        self.event_buffer[key] = (TaskInstanceState.FAILED, explanation)
+        self.log.warning("Task %s: %s", key, explanation)
         self._remember(key, failure)
-        self._note(key, f"Try {key.try_number}: {explanation}", session)
+        self._note(key, f"Try {key.try_number}: {explanation}", session, final=final)
         session.add(Log(event=POD_FAILED_EVENT, task_instance=key, extra=explanation))
         if not (self.kube_config.delete_worker_pods and self.kube_config.delete_worker_pods_on_failure):
             self._label_kept_pod(results.pod_name, results.namespace, failure)
 
     def _examine(
         self, results: KubernetesResults, session: Session
-    ) -> tuple[TryFailure | None, KubernetesResults]:
-        """What ended the pod, if its try failed; a pod that Succeeded while its task instance is
-        still running is a failed try too (its task process died without reporting)."""
+    ) -> tuple[TryFailure | None, KubernetesResults, Any]:
+        """What ended the pod, if its try failed (and the pod, as read then); a pod that Succeeded
+        while its task instance is still running is a failed try too (its task process died
+        without reporting)."""
         pod = self._read_pod(results.pod_name, results.namespace)
         reported = True
         details = results.failure_details
         if results.state is None:
             if self._get_task_instance_state(results.key, session=session) != TaskInstanceState.RUNNING:
-                return None, results  # the task reported its end (success, deferral, ...)
+                return None, results, pod  # the task reported its end (success, deferral, ...)
             reported = False
             details = pod_end(pod)
             results = results._replace(state=TaskInstanceState.FAILED, failure_details=details)
@@ -184,14 +209,68 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
             node=pod.spec.node_name if pod is not None and pod.spec else None,
             memory_limit=memory_limit(pod, container) if pod is not None else None,
             reported=reported,
+            try_number=results.key.try_number,
         )
-        return failure, results
+        return failure, results, pod
 
     def _remember(self, key: TaskInstanceKey, failure: TryFailure) -> None:
         ti = (key.dag_id, key.task_id, key.run_id, key.map_index)
         self.failed_tries.setdefault(ti, []).append(failure)
         while len(self.failed_tries) > FAILED_TRIES_KEPT:
             del self.failed_tries[next(iter(self.failed_tries))]  # the longest-known task instance
+
+    def _failures_before(self, key: TaskInstanceKey) -> list[TryFailure]:
+        """What ended the earlier tries of the key's task instance, as far as this executor saw
+        them, or -- after a scheduler restart -- as their kept pods record it."""
+        known = {
+            f.try_number: f
+            for f in self.failed_tries.get((key.dag_id, key.task_id, key.run_id, key.map_index), [])
+        }
+        if any(number not in known for number in range(1, key.try_number)):
+            for failure in self._failures_on_kept_pods(key):
+                known.setdefault(failure.try_number, failure)
+        return [known[number] for number in sorted(n for n in known if n is not None and n < key.try_number)]
+
+    def _failures_on_kept_pods(self, key: TaskInstanceKey) -> list[TryFailure]:
+        """The failure records of the task instance's failed pods that are still there."""
+        if self.kube_client is None:
+            return []
+        selector = {
+            "dag_id": make_safe_label_value(key.dag_id),
+            "task_id": make_safe_label_value(key.task_id),
+            "run_id": make_safe_label_value(key.run_id),
+            "kubernetes_executor": "True",
+        }
+        terms = [f"{name}={value}" for name, value in selector.items()]
+        terms.append(f"map_index={key.map_index}" if key.map_index >= 0 else "!map_index")
+        terms.append(FAILURE_LABEL)
+        try:
+            pods = self.kube_client.list_namespaced_pod(
+                self.kube_config.kube_namespace, label_selector=",".join(terms)
+            ).items
+        except ApiException as err:
+            self.log.warning(
+                "Cannot read the failed pods of %s (%s): a retry learns nothing", key, err.reason
+            )
+            return []
+        failures = []
+        for pod in pods:
+            annotations = pod.metadata.annotations or {}
+            same = (annotations.get("dag_id"), annotations.get("task_id"), annotations.get("run_id")) == (
+                key.dag_id,
+                key.task_id,
+                key.run_id,
+            )  # labels may be shortened with a hash; annotations are exact
+            if not same or FAILURE_ANNOTATION not in annotations:
+                continue
+            try:
+                failure = TryFailure.from_json(annotations[FAILURE_ANNOTATION])
+                if failure.try_number is None:
+                    failure = replace(failure, try_number=int(annotations["try_number"]))
+            except (ValueError, TypeError, KeyError):
+                continue  # not a record this version of fanout wrote
+            failures.append(failure)
+        return failures
 
     def _read_pod(self, name: str, namespace: str) -> Any:
         if self.kube_client is None:
@@ -226,12 +305,18 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
             TaskInstance.map_index == key.map_index,
         ]
 
-    def _note(self, key: TaskInstanceKey, line: str, session: Session) -> None:
+    def _task_instance(self, key: TaskInstanceKey, session: Session) -> Any:
         from airflow.models.taskinstance import TaskInstance
 
-        ti = session.scalar(select(TaskInstance).where(*self._ti_filter(key)))
+        return session.scalar(select(TaskInstance).where(*self._ti_filter(key)))
+
+    def _note(self, key: TaskInstanceKey, line: str, session: Session, *, final: bool = False) -> None:
+        """Add ``line`` to the task instance's note; ``final``: this try is its last (no retry)."""
+        ti = self._task_instance(key, session)
         if ti is not None:
             ti.note = append_note(ti.note, line)
+            if final:  # the scheduler retries while try_number <= max_tries
+                ti.max_tries = min(ti.max_tries, ti.try_number - 1)
 
     def end(self) -> None:
         # The pod watcher is a forked child that inherits the scheduler's SIGTERM handler, which

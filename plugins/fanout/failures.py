@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ NODE_LOST = "node-lost"  # the node stopped responding
 DELETED = "deleted"  # the pod was deleted while the task ran
 NOT_STARTED = "not-started"  # the container never started
 UNKNOWN = "unknown"
+NODE_FAULTS = frozenset({EVICTED, NODE_LOST})  # causes that are the node's, whatever the task did
 
 TASK_PROCESS = "task process"  # what was killed or exited: the task process alone ...
 CONTAINER = "container"  # ... or the container's main process, and with it the whole container
@@ -58,6 +60,15 @@ class TryFailure:
     container_reason: str | None = None
     memory_limit: str | None = None
     message: str | None = None  # the pod's or container's own message
+    try_number: int | None = None
+
+    def blames_node(self, node_fault_exit_codes: Collection[int] = ()) -> bool:
+        """Whether the node, not the task, ended the try: it evicted the pod, was lost, or the task
+        process or container exited with a code the deployment marks as a node fault
+        (``FANOUT_NODE_FAULT_EXIT_CODES``, e.g. a GPU health check's)."""
+        if self.cause in NODE_FAULTS:
+            return True
+        return self.cause in (EXITED, KILLED) and self.exit_code in node_fault_exit_codes
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
@@ -71,18 +82,15 @@ class TryFailure:
         where = f"worker pod {self.pod}" + (f" on node {self.node}" if self.node else "")
         limit = f" {self.memory_limit}" if self.memory_limit else ""
         if self.cause == OOM_KILLED:
-            advice = (
-                "A retry gets the same limit: give the task's size more memory (FANOUT_TASK_SIZES) "
-                "or make the task use less."
-            )
+            # What the retry gets instead is fanout.retries' to say (the executor adds it).
             if self.process == TASK_PROCESS:
                 return (
                     f"OOMKilled: the task process exceeded the pod's memory limit{limit}, so the kernel "
-                    f"killed it ({where}). {advice}"
+                    f"killed it ({where})."
                 )
             return (
                 f"OOMKilled: the pod's container exceeded its memory limit{limit}, so the kernel killed "
-                f"it (exit code {self.exit_code}; {where}). {advice}"
+                f"it (exit code {self.exit_code}; {where})."
             )
         if self.cause == KILLED:
             if self.process == TASK_PROCESS:
@@ -193,6 +201,7 @@ def diagnose(
     node: str | None = None,
     memory_limit: str | None = None,
     reported: bool = True,
+    try_number: int | None = None,
 ) -> TryFailure:
     """What ended a try, from the pod's end (``pod_end`` or the watcher's failure details).
 
@@ -200,7 +209,7 @@ def diagnose(
     ``reported`` False: the task never reported its state (its pod ended all the same).
     """
     if not details:
-        return TryFailure(DELETED, pod, node, memory_limit=memory_limit)
+        return TryFailure(DELETED, pod, node, memory_limit=memory_limit, try_number=try_number)
     reason = details.get("container_reason")
     exit_code = details.get("exit_code")
     message = (details.get("container_message") or "").strip() or None
@@ -212,6 +221,7 @@ def diagnose(
         "container": details.get("container_name"),
         "container_reason": reason,
         "memory_limit": memory_limit,
+        "try_number": try_number,
     }
     if task_end is not None:
         message = None  # the termination message is the output's tail, not a message for users

@@ -14,12 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from kubernetes.client import models as k8s
 from kubernetes.utils import parse_quantity
 
 from fanout.pools import GPU, SIZE_KEY, pool_of, size_of
 from fanout.settings import Settings, Taint, settings
+
+if TYPE_CHECKING:
+    from fanout.retries import RetryPlan
+
+SIZE_LABEL = "fanout.io/size"
+RETRY_ANNOTATION = "fanout.io/retry"
+"""On a retried try's pod: what it got because of earlier tries (``RetryPlan.to_json``)."""
 
 TASK_COMMAND = ["python", "-m", "fanout.taskpod"]
 """The task container's command; the KubernetesExecutor's args (the workload) follow it."""
@@ -34,14 +42,16 @@ def _tolerations(taints: tuple[Taint, ...]) -> list[k8s.V1Toleration]:
     ]
 
 
-def pod_override(size: str) -> k8s.V1Pod:
-    """The pod fields of a task of ``size``: node pool, resources, GPU, /dev/shm, storage, credentials."""
+def pod_override(size: str, retry: RetryPlan | None = None) -> k8s.V1Pod:
+    """The pod fields of a task of ``size``: node pool, resources, GPU, /dev/shm, storage, credentials;
+    with what ``retry`` changes for a retried try (more memory, nodes to keep off)."""
     spec = size_of(size)
     pool = pool_of(size)
     current = settings()
     gpu = pool == GPU
-    requests = pod_requests(size, current)
-    limits = {"cpu": spec.cpu_limit, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
+    memory = (retry.memory if retry else None) or spec.memory
+    requests = pod_requests(size, current, memory=memory)
+    limits = {"cpu": spec.cpu_limit, "memory": memory, "ephemeral-storage": spec.ephemeral_storage}
     if gpu:
         del requests[current.gpu_resource]  # extended resources: the request defaults to the limit
         limits[current.gpu_resource] = "1"
@@ -70,8 +80,12 @@ def pod_override(size: str) -> k8s.V1Pod:
         )
 
     prefix = current.priority_class_prefix
+    avoid = retry.avoid if retry else ()
     return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(labels={"fanout.io/size": size, "fanout.io/pool": pool}),
+        metadata=k8s.V1ObjectMeta(
+            labels={SIZE_LABEL: size, "fanout.io/pool": pool},
+            annotations={RETRY_ANNOTATION: retry.to_json()} if retry and retry.changes else None,
+        ),
         spec=k8s.V1PodSpec(
             containers=[
                 k8s.V1Container(
@@ -88,7 +102,11 @@ def pod_override(size: str) -> k8s.V1Pod:
                 )
             ],
             node_selector=(current.gpu_pool_selector if gpu else current.cpu_pool_selector) or None,
-            affinity=None if gpu else _avoid_gpu_nodes(current),
+            affinity=_affinity(
+                [] if gpu else _gpu_node_exclusion(current),
+                avoid,
+                required=retry.avoid_required if retry else True,
+            ),
             # Replaces the template's tolerations: only GPU pods tolerate the GPU taint.
             tolerations=_tolerations(current.gpu_taint if gpu else current.cpu_taint) or None,
             priority_class_name=f"{prefix}{spec.workload}" if prefix else None,
@@ -98,11 +116,16 @@ def pod_override(size: str) -> k8s.V1Pod:
     )
 
 
-def pod_requests(size: str, current: Settings | None = None) -> dict[str, str]:
-    """What a pod of ``size`` asks of its node: the requests the scheduler counts, GPUs included."""
+def pod_requests(size: str, current: Settings | None = None, *, memory: str | None = None) -> dict[str, str]:
+    """What a pod of ``size`` asks of its node: the requests the scheduler counts, GPUs included;
+    ``memory`` instead of the size's own (a retry's after an OOM kill)."""
     spec = size_of(size)
     current = current or settings()
-    requests = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
+    requests = {
+        "cpu": spec.cpu,
+        "memory": memory or spec.memory,
+        "ephemeral-storage": spec.ephemeral_storage,
+    }
     if pool_of(size) == GPU:
         requests[current.gpu_resource] = "1"
     return requests
@@ -127,21 +150,39 @@ def pool_nodes(pool: str, nodes: Iterable[k8s.V1Node], current: Settings | None 
     return chosen
 
 
-def size_fit_problem(size: str, nodes: list[k8s.V1Node], current: Settings | None = None) -> str | None:
+def allocatable(node: k8s.V1Node) -> dict[str, Decimal]:
+    """What the node offers pods, by resource."""
+    return {
+        name: parse_quantity(value)
+        for name, value in ((node.status and node.status.allocatable) or {}).items()
+    }
+
+
+def can_hold(node: k8s.V1Node, requests: dict[str, str]) -> bool:
+    """Whether the node's allocatable covers the requests (when empty: pods bound there ignored)."""
+    offers = allocatable(node)
+    return all(offers.get(name, Decimal(0)) >= parse_quantity(value) for name, value in requests.items())
+
+
+def size_fit_problem(
+    size: str, nodes: list[k8s.V1Node], current: Settings | None = None, *, memory: str | None = None
+) -> str | None:
     """Why no node of the size's pool could ever hold its pod (None if one could, or if the pool
-    has no nodes: an autoscaler may add them). Compares requests with each node's allocatable."""
+    has no nodes: an autoscaler may add them). Compares requests with each node's allocatable;
+    ``memory`` instead of the size's own."""
     current = current or settings()
     pool = pool_of(size)
     members = pool_nodes(pool, nodes, current)
     if not members:
         return None
-    asked = {name: parse_quantity(value) for name, value in pod_requests(size, current).items()}
+    requests = pod_requests(size, current, memory=memory)
+    asked = {name: parse_quantity(value) for name, value in requests.items()}
     offers = []
     for node in members:
-        allocatable = {name: parse_quantity(value) for name, value in (node.status.allocatable or {}).items()}
-        if all(allocatable.get(name, Decimal(0)) >= amount for name, amount in asked.items()):
+        if can_hold(node, requests):
             return None
-        offer = ", ".join(f"{name} {_readable(name, allocatable.get(name, Decimal(0)))}" for name in asked)
+        allocatable_ = allocatable(node)
+        offer = ", ".join(f"{name} {_readable(name, allocatable_.get(name, Decimal(0)))}" for name in asked)
         offers.append(f"{node.metadata.name} offers {offer}")
     selector = current.gpu_pool_selector if pool == GPU else current.cpu_pool_selector
     labels = ",".join(f"{k}={v}" for k, v in selector.items()) or "nodes without the GPU pool's labels"
@@ -163,30 +204,50 @@ def _readable(resource: str, amount: Decimal) -> str:
     return f"{amount.normalize():f}"
 
 
-def resolve_executor_config(executor_config: dict | None) -> dict:
-    """A task's ``executor_config`` as the KubernetesExecutor takes it: the size made into a pod_override.
+def resolve_executor_config(executor_config: dict | None, retry: RetryPlan | None = None) -> dict:
+    """A task's ``executor_config`` as the KubernetesExecutor takes it: the size made into a
+    pod_override, with ``retry``'s changes.
 
     Raises ``ValueError`` for an unknown size or a bad setting (no pod could be made for it).
     """
     config = dict(executor_config or {})
     size = config.pop(SIZE_KEY, None)
     if size is not None and "pod_override" not in config:
-        config["pod_override"] = pod_override(size)
+        config["pod_override"] = pod_override(size, retry)
     return config
 
 
-def _avoid_gpu_nodes(current: Settings) -> k8s.V1Affinity | None:
+def _gpu_node_exclusion(current: Settings) -> list[k8s.V1NodeSelectorRequirement]:
     """Keep CPU pods off GPU nodes even where the CPU pool has no label to select (empty selector)."""
     if current.cpu_pool_selector or not current.gpu_pool_selector:
-        return None
-    terms = [
+        return []
+    return [
         k8s.V1NodeSelectorRequirement(key=key, operator="NotIn", values=[value])
         for key, value in current.gpu_pool_selector.items()
     ]
-    return k8s.V1Affinity(
-        node_affinity=k8s.V1NodeAffinity(
-            required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(
-                node_selector_terms=[k8s.V1NodeSelectorTerm(match_expressions=terms)]
-            )
+
+
+def _affinity(
+    exclusions: list[k8s.V1NodeSelectorRequirement], avoid: Iterable[str], *, required: bool
+) -> k8s.V1Affinity | None:
+    """Node affinity: label ``exclusions`` (required), and the nodes to ``avoid`` by name, required
+    or, where the pool has no other node for the pod, preferred (weight 100, the most)."""
+    # The API takes exactly one value per NotIn on a node field, so one requirement per node.
+    by_name = [
+        k8s.V1NodeSelectorRequirement(key="metadata.name", operator="NotIn", values=[n]) for n in avoid
+    ]
+    hard_fields = by_name if required else []
+    if not exclusions and not by_name:
+        return None
+    node_affinity = k8s.V1NodeAffinity()
+    if exclusions or hard_fields:
+        node_affinity.required_during_scheduling_ignored_during_execution = k8s.V1NodeSelector(
+            node_selector_terms=[
+                k8s.V1NodeSelectorTerm(match_expressions=exclusions or None, match_fields=hard_fields or None)
+            ]
         )
-    )
+    if by_name and not required:
+        node_affinity.preferred_during_scheduling_ignored_during_execution = [
+            k8s.V1PreferredSchedulingTerm(weight=100, preference=k8s.V1NodeSelectorTerm(match_fields=by_name))
+        ]
+    return k8s.V1Affinity(node_affinity=node_affinity)

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fanout.settings import settings
+from fanout.settings import format_bytes, parse_quantity, settings
 
 CPU = "cpu"
 GPU = "gpu"
 SIZE_KEY = "fanout_size"
 """The ``executor_config`` key naming a task's size."""
+MAX_MEMORY_FACTOR = 3
+"""A size's ``max_memory`` when unset, times its memory: room for the two raises (1.5x each) of the
+default two retries after OOM kills."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,16 @@ class Size:
     """Size of the memory-backed /dev/shm on GPU pods (PyTorch DataLoader workers use it)."""
     ephemeral_storage: str = "1Gi"
     """Scratch space (/tmp: staged artifacts before upload)."""
+    max_memory: str | None = None
+    """The most memory a retry after an OOM kill may get (``fanout.retries``; also no more than the
+    largest node of the pool has). None: ``MAX_MEMORY_FACTOR`` times ``memory``."""
+
+    @property
+    def memory_ceiling(self) -> str:
+        """``max_memory``, or ``MAX_MEMORY_FACTOR`` times ``memory`` when unset."""
+        if self.max_memory:
+            return self.max_memory
+        return format_bytes(int(parse_quantity(self.memory)) * MAX_MEMORY_FACTOR)
 
 
 # The one table of task sizes. GPU pods get 1 GPU, the GPU taint toleration and /dev/shm.

@@ -118,6 +118,16 @@ def parse_quantity(value: str) -> Decimal:
     raise ValueError(f"{value!r} is not a Kubernetes quantity")
 
 
+def format_bytes(amount: int | Decimal) -> str:
+    """Bytes as the shortest exact quantity with a binary suffix: ``1207959552`` -> ``1152Mi``."""
+    amount = int(amount)
+    for suffix in ("Ti", "Gi", "Mi", "Ki"):
+        unit = _BYTE_SUFFIXES[suffix]
+        if amount and amount % unit == 0:
+            return f"{amount // unit}{suffix}"
+    return str(amount)
+
+
 def _positive_quantity(pattern: re.Pattern[str], example: str):
     def check(value: str) -> str:
         try:
@@ -143,6 +153,7 @@ class SizeOverride(BaseModel):
     cpu: CpuQuantity | None = None
     cpu_limit: CpuQuantity | None = None
     memory: ByteQuantity | None = None
+    max_memory: ByteQuantity | None = None
     shm: ByteQuantity | None = None
     ephemeral_storage: ByteQuantity | None = None
 
@@ -150,6 +161,18 @@ class SizeOverride(BaseModel):
 def _setting(env: str, form: str, default: Any = None, **constraints: Any) -> Any:
     """A field read from the environment variable ``env``; ``form`` is the accepted form, for errors."""
     return Field(default=default, json_schema_extra={"env": env, "form": form}, **constraints)
+
+
+def _parse_exit_codes(raw: Any) -> Any:
+    """``137,143`` -> exit codes."""
+    if not isinstance(raw, str):
+        return raw
+    codes = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        if not item.isdigit() or not 1 <= int(item) <= 255:
+            raise ValueError(f"{item!r} is not an exit code from 1 to 255")
+        codes.append(int(item))
+    return codes
 
 
 NodeLabels = Annotated[dict[str, str], BeforeValidator(_parse_selector)]
@@ -254,9 +277,23 @@ class Settings(BaseModel):
     )
     task_sizes: Annotated[dict[str, SizeOverride], BeforeValidator(_parse_json)] = _setting(
         "FANOUT_TASK_SIZES",
-        "a JSON object of task size -> {cpu, cpu_limit, memory, shm, ephemeral_storage: a Kubernetes "
+        "a JSON object of task size -> {cpu, cpu_limit, memory, max_memory, shm, ephemeral_storage: a Kubernetes "
         'quantity}, e.g. {"trial": {"cpu": "2", "cpu_limit": "2", "memory": "6Gi"}}',
         {},
+    )
+
+    # -- retries that learn from the failed try (fanout.retries) -------------------------
+    oom_memory_factor: float = _setting(
+        "FANOUT_OOM_MEMORY_FACTOR",
+        "a number from 1 to 10: the memory of an OOM-killed task's retry, times its try's (1: no raise)",
+        1.5,
+        ge=1,
+        le=10,
+    )
+    node_fault_exit_codes: Annotated[frozenset[int], BeforeValidator(_parse_exit_codes)] = _setting(
+        "FANOUT_NODE_FAULT_EXIT_CODES",
+        "comma-separated exit codes from 1 to 255 that mean the node is at fault, e.g. 74,135",
+        frozenset(),
     )
 
     @model_validator(mode="after")
@@ -279,9 +316,14 @@ class Settings(BaseModel):
             else:
                 cpu = override.cpu or SIZES[name].cpu
                 cpu_limit = override.cpu_limit or SIZES[name].cpu_limit
-                if parse_quantity(cpu) <= parse_quantity(cpu_limit):
+                memory = override.memory or SIZES[name].memory
+                max_memory = override.max_memory or SIZES[name].max_memory
+                if parse_quantity(cpu) > parse_quantity(cpu_limit):
+                    problem = f"{name}: the CPU request {cpu} is above the CPU limit {cpu_limit}"
+                elif max_memory and parse_quantity(memory) > parse_quantity(max_memory):
+                    problem = f"{name}: the memory {memory} is above the max_memory {max_memory}"
+                else:
                     continue
-                problem = f"{name}: the CPU request {cpu} is above the CPU limit {cpu_limit}"
             raise _FieldError("task_sizes", None, f"{_form('task_sizes')} ({problem})")
         return self
 

@@ -16,17 +16,25 @@ from kubernetes.client.rest import ApiException
 
 from fanout import executors
 from fanout.executors import NOTE_LIMIT, FanoutKubernetesExecutor, append_note
-from fanout.failures import OOM_KILLED, TryFailure
+from fanout.failures import NODE_LOST, OOM_KILLED, TryFailure
 from fanout.taskpod import TaskProcessEnd
 
 KEY = TaskInstanceKey("fanout_train", "train_trial", "manual__1", try_number=1, map_index=0)
 
 
 def worker_pod(
-    phase="Failed", reason="OOMKilled", exit_code=137, message=None, memory="16Gi", node="gpu-node-1"
+    phase="Failed",
+    reason="OOMKilled",
+    exit_code=137,
+    message=None,
+    memory="16Gi",
+    node="gpu-node-1",
+    size="trial",
 ):
     return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="trial-abc", namespace="fanout-workers"),
+        metadata=k8s.V1ObjectMeta(
+            name="trial-abc", namespace="fanout-workers", labels={"fanout.io/size": size}
+        ),
         spec=k8s.V1PodSpec(
             node_name=node,
             containers=[
@@ -59,7 +67,9 @@ def node(name, cpu, memory, gpus=0, pool="cpu"):
         allocatable["nvidia.com/gpu"] = str(gpus)
     return k8s.V1Node(
         metadata=k8s.V1ObjectMeta(name=name, labels={"fanout.io/pool": pool}),
-        status=k8s.V1NodeStatus(allocatable=allocatable),
+        status=k8s.V1NodeStatus(
+            allocatable=allocatable, conditions=[k8s.V1NodeCondition(type="Ready", status="True")]
+        ),
     )
 
 
@@ -257,3 +267,107 @@ def test_the_pool_without_nodes_is_left_to_the_autoscaler(executor):
     executor.execute_async(KEY, ["workload"], executor_config={"fanout_size": "trial"})  # no GPU node yet
     executor.task_queue.put.assert_called_once()
     assert executor.event_buffer[KEY] == (TaskInstanceState.QUEUED, None)
+
+
+# --- retries that learn from the failed try ---------------------------------------------------------------
+
+RETRY = TaskInstanceKey("fanout_train", "select_best", "manual__1", try_number=2, map_index=-1)
+NODES = [node("cpu-node-1", "4", "16Gi"), node("cpu-node-2", "4", "16Gi")]
+
+
+def oom_record(limit="768Mi", try_number=1, node_name="cpu-node-1"):
+    return TryFailure(
+        OOM_KILLED,
+        "fanout-workers/p1",
+        node_name,
+        "task process",
+        "SIGKILL",
+        137,
+        memory_limit=limit,
+        try_number=try_number,
+    )
+
+
+def retried_pod(executor, key=RETRY, size="bookkeeping") -> k8s.V1Pod:
+    executor.task_queue = mock.Mock()
+    executor.running.add(key)
+    executor.execute_async(key, ["workload"], executor_config={"fanout_size": size})
+    return executor.task_queue.put.call_args.args[0].kube_executor_config
+
+
+def test_the_retry_of_an_oom_killed_try_gets_more_memory_and_the_note_says_so(executor, db, ti):
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(items=NODES)
+    executor.failed_tries["fanout_train", "select_best", "manual__1", -1] = [oom_record()]
+
+    pod = retried_pod(executor)
+
+    resources = pod.spec.containers[0].resources
+    assert (resources.requests["memory"], resources.limits["memory"]) == ("1152Mi", "1152Mi")
+    line = "retry with 1152Mi of memory after OOMKilled at 768Mi in try 1 (x1.5, at most 2304Mi)"
+    assert ti.note.endswith(f"Try 2: {line}")
+    (entry,) = audit(db)
+    assert (entry.event, entry.extra, entry.try_number) == ("retry pod changed", line, 2)
+    executor.kube_client.list_namespaced_pod.assert_not_called()  # known in memory
+
+
+def test_after_a_scheduler_restart_the_retry_reads_the_failed_try_from_its_kept_pod(executor, db, ti):
+    """The executor's memory is empty; the kept pod of try 1 carries the record (annotation)."""
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(items=NODES)
+    kept = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(
+            name="p1",
+            annotations={
+                "dag_id": "fanout_train",
+                "task_id": "select_best",
+                "run_id": "manual__1",
+                "try_number": "1",
+                "fanout.io/failure": TryFailure(
+                    NODE_LOST, "fanout-workers/p1", "cpu-node-1", exit_code=137
+                ).to_json(),  # a record without its try number: the annotation has it
+            },
+        )
+    )
+    executor.kube_client.list_namespaced_pod.return_value = k8s.V1PodList(items=[kept])
+
+    pod = retried_pod(executor)
+
+    _, kwargs = executor.kube_client.list_namespaced_pod.call_args
+    assert kwargs["label_selector"] == (
+        "dag_id=fanout_train,task_id=select_best,run_id=manual__1,kubernetes_executor=True,"
+        "!map_index,fanout.io/failure"
+    )
+    fields = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    assert [(f.key, f.operator, f.values) for f in fields.node_selector_terms[0].match_fields] == [
+        ("metadata.name", "NotIn", ["cpu-node-1"])
+    ]
+    assert ti.note.endswith("Try 2: kept off node cpu-node-1 (node lost in try 1)")
+
+
+def test_a_try_oom_killed_at_the_most_memory_its_task_may_get_is_not_retried(executor, ti, session):
+    executor.kube_client.list_node.return_value = k8s.V1NodeList(items=NODES)
+    message = "...\n" + TaskProcessEnd(-9).record()
+    executor.kube_client.read_namespaced_pod.return_value = worker_pod(
+        message=message, memory="2304Mi", node="cpu-node-1", size="bookkeeping"
+    )
+    details = {"pod_status": "Failed", "container_reason": "OOMKilled", "exit_code": 137}
+
+    executor._change_state(results(TaskInstanceState.FAILED, details), session=session)
+
+    _, info = executor.event_buffer[KEY]
+    assert "No retry: 2304Mi is already the most memory a 'bookkeeping' task may get" in info
+    assert ti.max_tries == 0, "no retry is spent on the same kill"
+    assert ti.note.endswith(info)
+
+
+def test_an_oom_killed_try_with_retries_left_is_told_its_retry_gets_more(executor, ti, session):
+    executor.kube_client.read_namespaced_pod.return_value = worker_pod(
+        message=TaskProcessEnd(-9).record(), memory="768Mi", node="cpu-node-1", size="bookkeeping"
+    )
+    details = {"pod_status": "Failed", "container_reason": "OOMKilled", "exit_code": 137}
+    executor._change_state(results(TaskInstanceState.FAILED, details), session=session)
+    _, info = executor.event_buffer[KEY]
+    assert info.endswith(
+        "so the kernel killed it (worker pod fanout-workers/trial-abc on node cpu-node-1). A retry gets x1.5 the memory (at most 2304Mi)."
+    )
+    assert ti.max_tries == 2
+    assert executor.failed_tries["fanout_train", "train_trial", "manual__1", 0][0].try_number == 1

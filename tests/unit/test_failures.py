@@ -48,7 +48,7 @@ def test_the_oom_killer_ending_the_task_process_is_said_with_the_limit():
     assert (failure.cause, failure.process, failure.exit_code) == (OOM_KILLED, TASK_PROCESS, 137)
     text = failure.explain()
     assert text.startswith("OOMKilled: the task process exceeded the pod's memory limit 768Mi")
-    assert f"worker pod {POD} on node cpu-node-1" in text and "FANOUT_TASK_SIZES" in text
+    assert text.endswith(f"so the kernel killed it (worker pod {POD} on node cpu-node-1).")
 
 
 def test_an_oom_kill_seen_only_by_the_kubelet_is_still_the_task_processs():
@@ -119,8 +119,30 @@ def test_other_ends_are_explained(details, cause, process, words):
 
 
 def test_the_record_survives_a_round_trip_through_json():
-    failure = diagnose(ended("OOMKilled", 137, SIGKILLED_TASK), pod=POD, node="n", memory_limit="1Gi")
+    failure = diagnose(
+        ended("OOMKilled", 137, SIGKILLED_TASK), pod=POD, node="n", memory_limit="1Gi", try_number=2
+    )
+    assert failure.try_number == 2
     assert TryFailure.from_json(failure.to_json()) == failure
+
+
+@pytest.mark.parametrize(
+    ("details", "blamed"),
+    [
+        ({"pod_reason": "Evicted", "pod_message": "The node was low on resource: memory."}, True),
+        ({"pod_reason": "NodeLost"}, True),
+        (ended("ContainerStatusUnknown", 137), True),
+        (ended("Error", 74, TaskProcessEnd(74).record()), True),  # listed: a node fault
+        (ended("Error", 74), True),  # the container's own exit code, listed
+        (ended("Error", 1, TaskProcessEnd(1).record()), False),  # an ordinary crash
+        (ended("Error", 137, SIGKILLED_TASK), False),  # a kill, not listed
+        (ended("OOMKilled", 137, SIGKILLED_TASK), False),  # the task's own memory
+        (None, False),  # deleted by someone
+    ],
+)
+def test_the_node_is_blamed_for_evictions_lost_nodes_and_the_listed_exit_codes(details, blamed):
+    failure = diagnose(details, pod=POD, node="gpu-node-1")
+    assert failure.blames_node(node_fault_exit_codes={74, 135}) is blamed
 
 
 def test_a_pods_end_and_memory_limit_are_read_from_the_pod():
