@@ -12,7 +12,9 @@ features manifest to train on (or set the `features_manifest` param).
    resumes where the killed try stopped. On Kubernetes each trial gets one GPU and a slot of
    the `fanout_gpu` Airflow pool.
 3. **select_best** ranks the trials by validation RMSE and keeps the best model; publishing it
-   emits the `fanout_model` asset event, which schedules **fanout_render**.
+   emits the `fanout_model` asset event, which schedules **fanout_render**. It runs once every
+   trial has ended: the sweep succeeds when at least `min_success_ratio` of the trials did, and
+   it names the failed ones; with fewer it fails.
 
 Outputs live under `train/<run>/` of `FANOUT_ARTIFACT_ROOT`. The **Fanout report** tab of a run
 shows every trial's loss curves with the best one marked.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from inspect import cleandoc
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 
 from fanout.dagkit import (
     FEATURES,
@@ -57,6 +59,14 @@ DAG_ID = "fanout_train"
             400_000, type="integer", minimum=1_000, description="Rows sampled from the features per trial"
         ),
         seed=Param(11, type="integer", minimum=0, description="Seed of the sweep and the data split"),
+        min_success_ratio=Param(
+            0.8,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Share of trials that must succeed for the sweep to succeed (0.8 of 6: 5); "
+            "select_best names the failed ones",
+        ),
         features_manifest=Param(
             "",
             type="string",
@@ -121,38 +131,53 @@ def fanout_train():
         from fanout import train
         from fanout.storage import ArtifactStore
 
-        unit = f"{run_prefix('train')}/trials/trial-{spec['trial']['trial']:03d}"
+        unit = train.trial_unit(run_prefix("train"), spec["trial"]["trial"])
         with fail_fast():
             return train.train_trial(
                 ArtifactStore(), spec["features_manifest"], spec["trial"], unit, max_rows=spec["max_rows"]
             )
 
+    # Runs once every trial has ended, failed or not (a failed plan_trials still stops it), and
+    # reads the plan, not the trials' XComs: a failed trial left none, and must be named.
     @task(
         **placement("bookkeeping"),
         multiple_outputs=False,
         outlets=[MODEL],
+        trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
         doc_md=cleandoc(
             """Fan-in: rank the trials by validation RMSE and keep the best model.
 
-            - **Reads:** every trial's `_SUCCESS.json` and `metrics.json`, the best trial's `model.pt`.
+            - **Runs** once every trial has ended, failed or not; succeeds when at least
+              `min_success_ratio` of the trials left a verified output, else fails (no retries).
+            - **Reads:** the plan, every trial's `_SUCCESS.json` and `metrics.json`, the best trial's
+              `model.pt`.
             - **Writes:** `train/<run>/best/`: `model.pt`, `metrics.json` (the ranking, every trial's
-              hyper-parameters and per-epoch losses) and `_SUCCESS.json`; emits the `fanout_model`
-              asset event that schedules rendering.
+              hyper-parameters and per-epoch losses, the failed trials) and `_SUCCESS.json`; emits the
+              `fanout_model` asset event that schedules rendering.
+            - **Returns:** the best trial, its RMSE, and the failed trials by name.
             - **Size:** `bookkeeping`, on the CPU node pool.
             """
         ),
     )
-    def select_best(trials: list[dict]) -> dict:
+    def select_best(plan: list[dict], params: dict | None = None) -> dict:
         from fanout import train
         from fanout.storage import ArtifactStore
 
-        out = f"{run_prefix('train')}/best"
+        prefix = run_prefix("train")
+        planned = {train.trial_unit(prefix, spec["trial"]["trial"]): spec["trial"] for spec in plan}
         with fail_fast():
-            summary = train.select_best(ArtifactStore(), [t["out_unit"] for t in trials], out)
-        publish(MODEL, model=f"{out}/model.pt")
+            summary = train.select_best(
+                ArtifactStore(),
+                list(planned),
+                f"{prefix}/best",
+                min_success_ratio=params["min_success_ratio"],
+                hyperparameters=planned,
+            )
+        publish(MODEL, model=summary["model"])
         return summary
 
-    select_best(train_trial.expand(spec=plan_trials()))
+    plan = plan_trials()
+    train_trial.expand(spec=plan) >> select_best(plan)
 
 
 fanout_train()

@@ -4,7 +4,8 @@ The DAG glue calls, in order:
 
 * ``plan_trials``       -- the sweep, one JSON-able dict per trial (the mapped task's argument);
 * ``train_trial``       -- one trial into its own unit, checkpointed every epoch so a retry resumes;
-* ``select_best``       -- the fan-in: ranks the verified trials, keeps the best model and every curve;
+* ``select_best``       -- the fan-in: ranks the verified trials (a sweep may lose a few: their tasks
+                           failed), keeps the best model and every curve;
 * ``prediction_surface``-- a 2-D texture of the best model's predictions for the renderer.
 
 Data contract: ``features_manifest`` (written by the preprocessing fan-in) names the feature columns,
@@ -733,16 +734,41 @@ def predict(model: torch.nn.Module, bundle: Mapping[str, Any], features: Mapping
 # -- fan-in --------------------------------------------------------------------------------------
 
 
-def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str) -> dict[str, Any]:
+def trial_unit(run_prefix: str, trial: int) -> str:
+    """Where a trial of a sweep writes its outputs: ``<run prefix>/trials/trial-<nnn>``."""
+    return f"{run_prefix}/trials/trial-{trial:03d}"
+
+
+def describe_trial(hyperparameters: Mapping[str, Any]) -> str:
+    """A trial in a few words, e.g. "trial 2 (lr 0.007, 2x128 gelu, batch 256)"."""
+    hp = hyperparameters
+    return (
+        f"trial {hp['trial']} (lr {hp['lr']:g}, {hp['depth']}x{hp['hidden']} {hp['activation']}, "
+        f"batch {hp['batch_size']})"
+    )
+
+
+def select_best(
+    store: ArtifactStore,
+    trial_units: Iterable[str],
+    out_unit: str,
+    *,
+    min_success_ratio: float = 1.0,
+    hyperparameters: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Rank the verified trials by validation RMSE and keep the best model.
 
-    ``trial_units`` are the trials' unit paths (``train_trial``'s result dicts are accepted as well).
+    ``trial_units`` are the unit paths of every trial of the sweep (``train_trial``'s result dicts
+    are accepted as well). A unit that is not verified is a failed trial: the sweep goes on when at
+    least ``min_success_ratio`` of the trials succeeded (rounded up: 0.8 of 6 trials is 5), and
+    ``metrics.json`` and the result name the failed ones (``hyperparameters``, per unit, say which
+    hyper-parameters they had). With fewer, or none, it raises ``BadInputError`` naming them.
 
     Writes ``out_unit/model.pt`` (a copy of the best trial's) and ``out_unit/metrics.json`` (the
-    ranking with every trial's hyper-parameters and per-epoch losses, the best trial's details),
-    then commits the unit. Ties go to the lower trial index; trials without a finite RMSE rank
-    last. Raises ``BadInputError`` if a trial unit is not verified or the trials were validated on
-    different data.
+    ranking with every trial's hyper-parameters and per-epoch losses, the best trial's details, the
+    failed trials), then commits the unit. Ties go to the lower trial index; trials without a finite
+    RMSE rank last. Raises ``BadInputError`` if too few trials succeeded or the trials were
+    validated on different data.
     """
     if isinstance(trial_units, (str, bytes)):
         raise BadInputError("trial_units must be a list of trial unit paths, not one string")
@@ -752,16 +778,39 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         raise BadInputError("trial_units must be a non-empty list of trial unit paths")
     if len(set(trial_units)) != len(trial_units):
         raise BadInputError("trial_units lists a unit more than once")
+    if isinstance(min_success_ratio, bool) or not 0 < min_success_ratio <= 1:
+        raise BadInputError(f"min_success_ratio must be in (0, 1], got {min_success_ratio!r}")
     manifests = {unit: store.verified(unit) for unit in trial_units}
-    unverified = [unit for unit, manifest in manifests.items() if manifest is None]
-    if unverified:
-        raise BadInputError(f"trial unit(s) not verified (missing or incomplete): {', '.join(unverified)}")
+    succeeded = [unit for unit in trial_units if manifests[unit] is not None]
+    failed = [
+        _failed_trial(unit, (hyperparameters or {}).get(unit))
+        for unit in trial_units
+        if manifests[unit] is None
+    ]
+    needed = max(1, math.ceil(min_success_ratio * len(trial_units) - 1e-9))
+    if len(succeeded) < needed:
+        raise BadInputError(
+            f"only {len(succeeded)} of {len(trial_units)} trials succeeded, fewer than the "
+            f"{needed} min_success_ratio {min_success_ratio:g} requires; failed (no verified output): "
+            + "; ".join(f["name"] for f in failed)
+        )
+    if failed:
+        log.warning(
+            "%d of %d trials failed and are left out of the ranking: %s",
+            len(failed),
+            len(trial_units),
+            "; ".join(f["name"] for f in failed),
+        )
     # The trials' checksums identify the inputs: a retrained trial makes the old selection stale.
-    sources = [[unit, manifests[unit]["files"]] for unit in trial_units]
+    sources = [[unit, manifests[unit]["files"]] for unit in succeeded]
     done = store.verified(out_unit)
-    if done is not None and done.get("sources") == sources:
+    if (
+        done is not None
+        and done.get("sources") == sources
+        and done["result"].get("failed_trials") == [f["name"] for f in failed]
+    ):
         return {**done["result"], "skipped": True}
-    trials = [{"unit": unit, **store.read_json(f"{unit}/{METRICS}")} for unit in trial_units]
+    trials = [{"unit": unit, **store.read_json(f"{unit}/{METRICS}")} for unit in succeeded]
 
     def validation_data(t: Mapping[str, Any]) -> tuple:
         return t["features_manifest"], t["features_sha256"], sorted(t["split"].items())
@@ -806,6 +855,10 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         "split": best["split"],
         "n_trials": len(ranked),
         "ranking": [{"rank": rank, **{k: t[k] for k in ranking_keys}} for rank, t in enumerate(ranked, 1)],
+        # Trials of the sweep that left no verified output (their tasks failed), by plan order.
+        "n_planned": len(trial_units),
+        "min_success_ratio": min_success_ratio,
+        "failed_trials": failed,
     }
     store.write_json(f"{out_unit}/{METRICS}", metrics)
     result = {
@@ -813,6 +866,8 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         "best_unit": best["unit"],
         "val_rmse": best["val_rmse"],
         "n_trials": len(ranked),
+        "n_planned": len(trial_units),
+        "failed_trials": [f["name"] for f in failed],
         "model": f"{out_unit}/{MODEL}",
         "metrics": f"{out_unit}/{METRICS}",
         "skipped": False,
@@ -826,6 +881,17 @@ def select_best(store: ArtifactStore, trial_units: Iterable[str], out_unit: str)
         result=result,
     )
     return result
+
+
+def _failed_trial(unit: str, hyperparameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    if hyperparameters:
+        return {
+            "unit": unit,
+            "trial": hyperparameters["trial"],
+            "name": describe_trial(hyperparameters),
+            "hyperparameters": dict(hyperparameters),
+        }
+    return {"unit": unit, "trial": None, "name": unit, "hyperparameters": None}
 
 
 # -- prediction surface for the renderer ---------------------------------------------------------

@@ -172,6 +172,7 @@ def validate_and_default_pod(pod: dict[str, Any], namespace: str) -> dict[str, A
             causes.append(f"spec.containers[{index}].name: Required value")
         if not container.get("image"):
             causes.append(f"spec.containers[{index}].image: Required value")
+    causes += _node_affinity_problems(spec)
     if causes:
         raise invalid("Pod", name, causes)
 
@@ -204,6 +205,44 @@ def validate_and_default_pod(pod: dict[str, Any], namespace: str) -> dict[str, A
             resources.setdefault("requests", {}).setdefault(resource, quantity)
     pod["status"] = {"phase": "Pending", "qosClass": qos_class(pod)}
     return pod
+
+
+def _node_affinity_problems(spec: dict[str, Any]) -> list[str]:
+    """The API server's checks of node field requirements (``matchFields``) in node affinity terms:
+    only ``metadata.name``, only In/NotIn, exactly one value each."""
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    path = "spec.affinity.nodeAffinity"
+    terms = [
+        (f"{path}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]", term)
+        for i, term in enumerate(
+            (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms")
+            or []
+        )
+    ] + [
+        (
+            f"{path}.preferredDuringSchedulingIgnoredDuringExecution[{i}].preference",
+            preferred.get("preference") or {},
+        )
+        for i, preferred in enumerate(affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or [])
+    ]
+    causes = []
+    for where, term in terms:
+        for j, requirement in enumerate(term.get("matchFields") or []):
+            at = f"{where}.matchFields[{j}]"
+            if requirement.get("operator") not in ("In", "NotIn"):
+                causes.append(
+                    f'{at}.operator: Invalid value: "{requirement.get("operator")}": not a valid selector operator'
+                )
+            elif len(requirement.get("values") or []) != 1:
+                causes.append(
+                    f"{at}.values: Required value: must be only one value when `operator` is 'In' or 'NotIn' "
+                    "for node field selector"
+                )
+            if requirement.get("key") != "metadata.name":
+                causes.append(
+                    f'{at}.key: Invalid value: "{requirement.get("key")}": not a valid field selector key'
+                )
+    return causes
 
 
 def set_condition(

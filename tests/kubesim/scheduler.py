@@ -1,11 +1,13 @@
 """A kube-scheduler for the harness: the filters that decide where a pod may run, and binding.
 
 Filters, as the default kube-scheduler profile names them: NodeUnschedulable (cordoned nodes),
-NodeAffinity (nodeSelector and required node affinity), TaintToleration (NoSchedule/NoExecute taints),
-NodeResourcesFit (cpu, memory, extended resources such as nvidia.com/gpu, and the pod count, against the
-requests of the non-terminal pods already bound to the node). Among the nodes that pass, the least
-allocated one wins (the default scoring), ties broken by name. Preferred affinity, pod (anti-)affinity,
-topology spread and preemption are not emulated.
+NodeAffinity (nodeSelector and required node affinity, label expressions and ``metadata.name``
+fields), TaintToleration (NoSchedule/NoExecute taints), NodeResourcesFit (cpu, memory, extended
+resources such as nvidia.com/gpu, and the pod count, against the requests of the non-terminal pods
+already bound to the node). Among the nodes that pass, the highest score wins, ties broken by name:
+preferred node affinity (the matched terms' weights, normalised to 0-100, counted twice) plus the
+least allocated share of cpu and memory (0-100), as the default profile weighs them. Pod
+(anti-)affinity, topology spread, the other scores and preemption are not emulated.
 
 A pod that fits nowhere stays Pending with ``PodScheduled=False, reason=Unschedulable`` and a Warning
 ``FailedScheduling`` event whose message counts the reasons per node, as kube-scheduler writes it.
@@ -120,6 +122,16 @@ def matches_node_affinity(pod: dict[str, Any], node: dict[str, Any]) -> bool:
     return terms is None or any(_term_matches(term, node) for term in terms)  # terms are ORed
 
 
+def preferred_affinity_weight(pod: dict[str, Any], node: dict[str, Any]) -> int:
+    """The summed weights of the pod's preferred node affinity terms that the node matches."""
+    preferred = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    return sum(
+        int(term.get("weight") or 0)
+        for term in preferred.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+        if _term_matches(term.get("preference") or {}, node)
+    )
+
+
 def tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
     if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
         return False
@@ -198,13 +210,17 @@ def choose_node(
         else:
             feasible.append(node)
     if feasible:
-        best = min(
-            feasible,
-            key=lambda node: (
-                _allocated_fraction(node, usage[node["metadata"]["name"]]),
-                node["metadata"]["name"],
-            ),
-        )
+        # kube-scheduler's default profile adds NodeAffinity's score (preferred terms, normalised to
+        # 0-100) twice to NodeResourcesFit's (least allocated, 0-100); ties go to the first by name.
+        preferred = {node["metadata"]["name"]: preferred_affinity_weight(pod, node) for node in feasible}
+        most = max(preferred.values())
+
+        def score(node: dict[str, Any]) -> Decimal:
+            name = node["metadata"]["name"]
+            affinity = Decimal(100 * preferred[name]) / most if most else Decimal(0)
+            return 2 * affinity + 100 * (1 - _allocated_fraction(node, usage[name]))
+
+        best = min(feasible, key=lambda node: (-score(node), node["metadata"]["name"]))
         return best["metadata"]["name"], ""
     count = len(nodes)
     summary = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))

@@ -3,7 +3,7 @@
 import pytest
 
 from tests.kubesim import GPU_TAINT, Cluster, NodeSpec
-from tests.kubesim.objects import default_nodes, node_object, validate_and_default_pod
+from tests.kubesim.objects import ApiError, default_nodes, node_object, validate_and_default_pod
 from tests.kubesim.scheduler import choose_node, pod_requests, unfit_reasons
 from tests.kubesim.testing import GPU_TOLERATION, SLEEP_FOREVER, python_pod
 
@@ -84,6 +84,72 @@ def test_required_node_affinity(expressions, nodes):
     }
     candidate = pod(affinity=affinity, tolerations=[GPU_TOLERATION])
     assert {n["metadata"]["name"] for n in NODES if not unfit_reasons(candidate, n, [])} == nodes
+
+
+def not_on(*names: str, preferred: bool = False) -> dict:
+    """Node affinity keeping a pod off nodes by name, as fanout's retries write it."""
+    fields = [{"key": "metadata.name", "operator": "NotIn", "values": [name]} for name in names]
+    if preferred:
+        return {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "preference": {"matchFields": fields}}
+                ]
+            }
+        }
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": fields}]}
+        }
+    }
+
+
+def test_required_node_affinity_on_node_names():
+    assert choose_node(pod(affinity=not_on("cpu-node-1")), NODES, [])[0] == "cpu-node-2"
+    node, message = choose_node(pod(affinity=not_on("cpu-node-1", "cpu-node-2")), NODES, [])
+    assert node is None and "2 node(s) didn't match Pod's node affinity/selector" in message
+
+
+def test_preferred_node_affinity_outweighs_allocation_but_never_filters():
+    # cpu-node-2 is the busier node, yet the preference wins; with no other node the pod still binds.
+    running = pod("running", resources={"requests": {"cpu": "3"}}, node="cpu-node-2", phase="Running")
+    assert choose_node(pod(), NODES, [running])[0] == "cpu-node-1"
+    assert (
+        choose_node(pod(affinity=not_on("cpu-node-1", preferred=True)), NODES, [running])[0] == "cpu-node-2"
+    )
+    only = [node_named("cpu-node-1")]
+    assert choose_node(pod(affinity=not_on("cpu-node-1", preferred=True)), only, [])[0] == "cpu-node-1"
+
+
+@pytest.mark.parametrize(
+    ("field", "cause"),
+    [
+        (
+            {"key": "metadata.name", "operator": "NotIn", "values": ["a", "b"]},
+            "matchFields[0].values: Required value: must be only one value when `operator` is 'In' or "
+            "'NotIn' for node field selector",
+        ),
+        (
+            {"key": "metadata.labels", "operator": "In", "values": ["a"]},
+            'matchFields[0].key: Invalid value: "metadata.labels": not a valid field selector key',
+        ),
+        (
+            {"key": "metadata.name", "operator": "Exists"},
+            'matchFields[0].operator: Invalid value: "Exists": not a valid selector operator',
+        ),
+    ],
+)
+def test_node_field_requirements_are_validated_as_the_api_server_does(field, cause):
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [field]}]
+            }
+        }
+    }
+    with pytest.raises(ApiError) as error:
+        pod(affinity=affinity)
+    assert error.value.code == 422 and cause in error.value.message
 
 
 def test_resources_count_only_pods_still_holding_them():

@@ -286,6 +286,49 @@ def test_select_best_rejects_unverified_and_incomparable_trials(sweep):
         train.select_best(store, [*results, "train/subset"], "train/best-mixed")
 
 
+def test_a_sweep_that_lost_a_few_trials_ranks_the_rest_and_names_the_failed_ones(sweep):
+    store, _, trials, results = sweep
+    lost = {**trials[0], "trial": 3, "lr": 0.02, "hidden": 64, "depth": 3, "activation": "gelu"}
+    planned = {**{unit: trial for unit, trial in zip(results, trials, strict=True)}, "train/trial-003": lost}
+
+    summary = train.select_best(
+        store, list(planned), "train/best-of-3", min_success_ratio=0.75, hyperparameters=planned
+    )
+
+    name = "trial 3 (lr 0.02, 3x64 gelu, batch 256)"
+    assert summary["failed_trials"] == [name] and (summary["n_trials"], summary["n_planned"]) == (3, 4)
+    assert summary["best_unit"] in results
+    metrics = store.read_json(summary["metrics"])
+    assert metrics["failed_trials"] == [
+        {"unit": "train/trial-003", "trial": 3, "name": name, "hyperparameters": lost}
+    ]
+    assert [entry["unit"] for entry in metrics["ranking"]] == sorted(
+        results, key=lambda u: results[u]["val_rmse"]
+    )
+    # Run again with the same trials (a cleared fan-in): the committed unit is reused.
+    again = train.select_best(
+        store, list(planned), "train/best-of-3", min_success_ratio=0.75, hyperparameters=planned
+    )
+    assert again["skipped"] is True and again["failed_trials"] == [name]
+
+
+def test_a_sweep_with_fewer_successes_than_its_ratio_fails_naming_the_failed_trials(sweep):
+    store, _, _, results = sweep
+    units = [*results, "train/trial-003", "train/trial-004"]
+    with pytest.raises(BadInputError) as error:
+        train.select_best(store, units, "train/best-too-few", min_success_ratio=0.8)
+    assert str(error.value) == (
+        "only 3 of 5 trials succeeded, fewer than the 4 min_success_ratio 0.8 requires; failed (no "
+        "verified output): train/trial-003; train/trial-004"
+    )
+    assert store.verified("train/best-too-few") is None
+    with pytest.raises(BadInputError, match="only 0 of 1 trials succeeded"):
+        train.select_best(store, ["train/trial-404"], "train/best-none", min_success_ratio=0.01)
+    for ratio in (0, 1.5, True):
+        with pytest.raises(BadInputError, match="min_success_ratio must be in"):
+            train.select_best(store, list(results), "train/best-bad", min_success_ratio=ratio)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 
