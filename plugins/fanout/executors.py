@@ -78,6 +78,7 @@ POD_FAILED_EVENT = "worker pod failed"
 POD_NOT_CREATED_EVENT = "worker pod not created"
 RETRY_CHANGED_EVENT = "retry pod changed"
 NODES_TTL_S = 30.0  # how long a list of nodes serves the size check
+RETRY_NODES_TTL_S = 2.0  # ... and a retry that learns from earlier failures
 FAILED_TRIES_KEPT = 10_000  # task instances whose failed tries the executor remembers
 
 
@@ -112,8 +113,10 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
         plan = None
         try:
             nodes = self._nodes_now() if size else None
-            if size and key.try_number > 1:
-                plan = plan_retry(size, key.try_number, self._failures_before(key), nodes)
+            if size and key.try_number > 1 and (failures := self._failures_before(key)):
+                # Which nodes are Ready now decides where a retry may go: not a list 30 s old.
+                nodes = self._nodes_now(max_age=RETRY_NODES_TTL_S)
+                plan = plan_retry(size, key.try_number, failures, nodes)
             config = resolve_executor_config(executor_config, plan)
             memory = plan.memory if plan else None
             problem = size_fit_problem(size, nodes, memory=memory) if size and nodes else None
@@ -131,10 +134,10 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
                 session.add(Log(event=RETRY_CHANGED_EVENT, task_instance=key, extra=note))
         super().execute_async(key, command, queue=queue, executor_config=config)
 
-    def _nodes_now(self) -> list[Any] | None:
-        """The cluster's nodes, listed at most every NODES_TTL_S; None when they cannot be read."""
+    def _nodes_now(self, max_age: float = NODES_TTL_S) -> list[Any] | None:
+        """The cluster's nodes, listed at most every ``max_age`` seconds; None when they cannot be read."""
         listed_at, nodes = self._nodes
-        if time.monotonic() - listed_at < NODES_TTL_S or self.kube_client is None:
+        if time.monotonic() - listed_at < max_age or self.kube_client is None:
             return nodes
         try:
             nodes = self.kube_client.list_node().items
@@ -195,8 +198,11 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
         reported = True
         details = results.failure_details
         if results.state is None:
-            if self._get_task_instance_state(results.key, session=session) != TaskInstanceState.RUNNING:
-                return None, results, pod  # the task reported its end (success, deferral, ...)
+            ti = self._task_instance(results.key, session)
+            # The task reported its end (success, deferral, up_for_retry ...) -- and, with a retry
+            # delay shorter than the pod's exit delay, its next try may be running already.
+            if ti is None or ti.state != TaskInstanceState.RUNNING or ti.try_number != results.key.try_number:
+                return None, results, pod
             reported = False
             details = pod_end(pod)
             results = results._replace(state=TaskInstanceState.FAILED, failure_details=details)

@@ -63,6 +63,9 @@ TEST_SETTINGS = {
     # to the whole machine (the chart's pods see their CPU limit instead).
     "FANOUT_TASK_CPUS": "1",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",  # the pytest session's setting must not leak in
+    # The exit code the node-fault probe (tests/cluster/dags) ends its first try with; a deployment
+    # lists its GPU health check's codes here.
+    "FANOUT_NODE_FAULT_EXIT_CODES": "74",
 }
 
 

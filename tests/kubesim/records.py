@@ -40,6 +40,9 @@ class PodRecord:
     phases: list[tuple[float, str]] = field(default_factory=list)
     deletion_requested_at: float | None = None  # deletionTimestamp first seen
     deleted_at: float | None = None  # gone from the API (DELETED)
+    spec: dict[str, Any] = field(
+        default_factory=dict
+    )  # as created (resources, affinity), kept after deletion
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Recorder:
                     annotations=dict(meta.get("annotations") or {}),
                     image=containers[0].get("image", ""),
                     created_at=now,
+                    spec=spec,
                 )
                 self._records[meta["uid"]] = record
             record.labels = dict(meta.get("labels") or {})

@@ -89,7 +89,9 @@ def executor():
 
 @pytest.fixture
 def ti():
-    return SimpleNamespace(note="checked by alice", max_tries=2, try_number=1)
+    return SimpleNamespace(
+        note="checked by alice", max_tries=2, try_number=1, state=TaskInstanceState.RUNNING
+    )
 
 
 @pytest.fixture
@@ -150,11 +152,24 @@ def test_a_pod_that_succeeded_while_its_task_still_runs_fails_the_try_and_is_kep
     executor.kube_scheduler.delete_pod.assert_not_called()
 
 
-def test_a_succeeded_pod_whose_task_reported_success_is_passed_through_and_deleted(executor, session):
+@pytest.mark.parametrize(
+    ("state", "try_number"),
+    [
+        (TaskInstanceState.SUCCESS, 1),
+        # The task reported up_for_retry and its pod exited seconds later (the supervisor's exit
+        # delay): the retry, try 2, is already running by then.
+        (TaskInstanceState.RUNNING, 2),
+    ],
+)
+def test_a_succeeded_pod_whose_task_reported_its_end_is_passed_through_and_deleted(
+    executor, ti, session, state, try_number
+):
+    ti.state, ti.try_number = state, try_number
     executor.kube_client.read_namespaced_pod.return_value = worker_pod("Succeeded", "Completed", 0)
-    with mock.patch.object(executor, "_get_task_instance_state", return_value=TaskInstanceState.SUCCESS):
+    with mock.patch.object(executor, "_get_task_instance_state", return_value=state):  # the provider's read
         executor._change_state(results(None), session=session)
-    assert executor.event_buffer[KEY] == (TaskInstanceState.SUCCESS, None)
+    assert executor.event_buffer[KEY] == (state, None), "the provider reports the state it read"
+    assert ti.note == "checked by alice" and not executor.failed_tries
     executor.kube_scheduler.delete_pod.assert_called_once_with(
         pod_name="trial-abc", namespace="fanout-workers"
     )
