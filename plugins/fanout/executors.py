@@ -53,7 +53,6 @@ from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_valu
 from airflow.utils.session import NEW_SESSION, create_session, provide_session
 from airflow.utils.state import TaskInstanceState
 from kubernetes.client.rest import ApiException
-from sqlalchemy import select
 
 from fanout.failures import (
     FAILURE_ANNOTATION,
@@ -64,6 +63,7 @@ from fanout.failures import (
     memory_limit,
     pod_end,
 )
+from fanout.notes import note_try, task_instance
 from fanout.pods import SIZE_LABEL, resolve_executor_config, size_fit_problem
 from fanout.pools import SIZE_KEY, SIZES
 from fanout.retries import after_oom, plan_retry
@@ -73,25 +73,12 @@ if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.executors.kubernetes_executor_types import KubernetesResults
     from sqlalchemy.orm import Session
 
-NOTE_LIMIT = 1000  # task_instance_note.content is a VARCHAR(1000)
 POD_FAILED_EVENT = "worker pod failed"
 POD_NOT_CREATED_EVENT = "worker pod not created"
 RETRY_CHANGED_EVENT = "retry pod changed"
 NODES_TTL_S = 30.0  # how long a list of nodes serves the size check
 RETRY_NODES_TTL_S = 2.0  # ... and a retry that learns from earlier failures
 FAILED_TRIES_KEPT = 10_000  # task instances whose failed tries the executor remembers
-
-
-def append_note(existing: str | None, line: str) -> str:
-    """The note with ``line`` added (once), kept within the column's size: newest lines win."""
-    lines = [kept for kept in (existing or "").splitlines() if kept.strip()]
-    if line not in lines:
-        lines.append(line)
-    note = "\n".join(lines)
-    while len(note) > NOTE_LIMIT and len(lines) > 1:
-        lines.pop(0)
-        note = "\n".join(lines)
-    return note[:NOTE_LIMIT]
 
 
 class FanoutKubernetesExecutor(KubernetesExecutor):
@@ -130,7 +117,7 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
             note = plan.note()
             self.log.info("Task %s: %s", key, note)
             with create_session() as session:
-                self._note(key, f"Try {key.try_number}: {note}", session)
+                note_try(key, f"Try {key.try_number}: {note}", session)
                 session.add(Log(event=RETRY_CHANGED_EVENT, task_instance=key, extra=note))
         super().execute_async(key, command, queue=queue, executor_config=config)
 
@@ -156,7 +143,7 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
     def _fail_without_retry(self, key: TaskInstanceKey, message: str) -> None:
         """Fail the try for good: retrying cannot fix a size (the next try gets the same pod)."""
         with create_session() as session:
-            self._note(key, f"Try {key.try_number}: {message}", session, final=True)
+            note_try(key, f"Try {key.try_number}: {message}", session, final=True)
             session.add(Log(event=POD_NOT_CREATED_EVENT, task_instance=key, extra=message))
         self.fail(key=key, info=message)
 
@@ -173,7 +160,7 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
         if failure is None or reported is None or reported[0] != TaskInstanceState.FAILED:
             return  # not a failure, or requeued before the task started: the scheduler never sees it
         key = results.key
-        ti = self._task_instance(key, session)
+        ti = task_instance(key, session)
         explanation, final = failure.explain(), False
         size = (pod.metadata.labels or {}).get(SIZE_LABEL) if pod is not None and pod.metadata else None
         if failure.cause == OOM_KILLED and size in SIZES:
@@ -183,7 +170,7 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
         self.event_buffer[key] = (TaskInstanceState.FAILED, explanation)
         self.log.warning("Task %s: %s", key, explanation)
         self._remember(key, failure)
-        self._note(key, f"Try {key.try_number}: {explanation}", session, final=final)
+        note_try(key, f"Try {key.try_number}: {explanation}", session, final=final)
         session.add(Log(event=POD_FAILED_EVENT, task_instance=key, extra=explanation))
         if not (self.kube_config.delete_worker_pods and self.kube_config.delete_worker_pods_on_failure):
             self._label_kept_pod(results.pod_name, results.namespace, failure)
@@ -198,7 +185,7 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
         reported = True
         details = results.failure_details
         if results.state is None:
-            ti = self._task_instance(results.key, session)
+            ti = task_instance(results.key, session)
             # The task reported its end (success, deferral, up_for_retry ...) -- and, with a retry
             # delay shorter than the pod's exit delay, its next try may be running already.
             if ti is None or ti.state != TaskInstanceState.RUNNING or ti.try_number != results.key.try_number:
@@ -298,31 +285,7 @@ class FanoutKubernetesExecutor(KubernetesExecutor):
         except ApiException as err:
             self.log.warning("Could not label failed pod %s/%s: %s", namespace, name, err.reason)
 
-    # --- task instances --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _ti_filter(key: TaskInstanceKey) -> list[Any]:
-        from airflow.models.taskinstance import TaskInstance
-
-        return [
-            TaskInstance.dag_id == key.dag_id,
-            TaskInstance.run_id == key.run_id,
-            TaskInstance.task_id == key.task_id,
-            TaskInstance.map_index == key.map_index,
-        ]
-
-    def _task_instance(self, key: TaskInstanceKey, session: Session) -> Any:
-        from airflow.models.taskinstance import TaskInstance
-
-        return session.scalar(select(TaskInstance).where(*self._ti_filter(key)))
-
-    def _note(self, key: TaskInstanceKey, line: str, session: Session, *, final: bool = False) -> None:
-        """Add ``line`` to the task instance's note; ``final``: this try is its last (no retry)."""
-        ti = self._task_instance(key, session)
-        if ti is not None:
-            ti.note = append_note(ti.note, line)
-            if final:  # the scheduler retries while try_number <= max_tries
-                ti.max_tries = min(ti.max_tries, ti.try_number - 1)
+    # --- shutdown ------------------------------------------------------------------------------------
 
     def end(self) -> None:
         # The pod watcher is a forked child that inherits the scheduler's SIGTERM handler, which

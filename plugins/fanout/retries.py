@@ -117,22 +117,29 @@ def _latest_per_node(failures: Iterable[TryFailure]) -> list[TryFailure]:
 
 
 def memory_ceiling(
-    size: str, nodes: Sequence[k8s.V1Node] | None, current: Settings | None = None
+    size: str,
+    nodes: Sequence[k8s.V1Node] | None,
+    current: Settings | None = None,
+    *,
+    machine: tuple[int, str] | None = None,
 ) -> tuple[int, str]:
     """The most memory (bytes) a task of ``size`` may get, and what sets it: the size's ``max_memory``,
-    or the largest allocatable memory of a node of its pool that can hold the pod's other requests."""
+    or the largest allocatable memory of a node of its pool that can hold the pod's other requests
+    (``machine``: the memory of the one machine tasks run on, and its name, instead of nodes)."""
     current = current or settings()
-    spec = size_of(size)
-    ceiling = int(parse_quantity(spec.memory_ceiling))
+    ceiling = int(parse_quantity(size_of(size).memory_ceiling))
     by = f"the {size} size's max_memory"
-    others = {name: value for name, value in pod_requests(size, current).items() if name != "memory"}
-    members = [node for node in pool_nodes(pool_of(size), nodes or [], current) if can_hold(node, others)]
-    if members:
-        largest = max(members, key=lambda node: allocatable(node).get("memory", Decimal(0)))
-        offered = int(allocatable(largest).get("memory", Decimal(0)))
-        if offered < ceiling:
-            ceiling = offered // MI * MI  # as a whole Mi, the unit raises are counted in
-            by = f"the allocatable memory of {largest.metadata.name}, the largest {pool_of(size)} node"
+    if machine is None:
+        others = {name: value for name, value in pod_requests(size, current).items() if name != "memory"}
+        members = [node for node in pool_nodes(pool_of(size), nodes or [], current) if can_hold(node, others)]
+        if members:
+            largest = max(members, key=lambda node: allocatable(node).get("memory", Decimal(0)))
+            machine = (
+                int(allocatable(largest).get("memory", Decimal(0))),
+                f"the allocatable memory of {largest.metadata.name}, the largest {pool_of(size)} node",
+            )
+    if machine is not None and machine[0] < ceiling:
+        ceiling, by = machine[0] // MI * MI, machine[1]  # as a whole Mi, the unit raises are counted in
     return ceiling, by
 
 
@@ -165,6 +172,7 @@ def after_oom(
     *,
     retries_left: bool,
     current: Settings | None = None,
+    machine: tuple[int, str] | None = None,
 ) -> tuple[str, bool]:
     """What follows an OOM-killed try, in one sentence, and whether the try must be its task's last:
     a try that already had the most memory the task may get is (a retry would be killed again)."""
@@ -174,7 +182,7 @@ def after_oom(
     factor = current.oom_memory_factor
     if factor <= 1:
         return f"A retry gets the same limit (FANOUT_OOM_MEMORY_FACTOR=1): {GIVE_MORE}.", False
-    ceiling, by = memory_ceiling(size, nodes, current)
+    ceiling, by = memory_ceiling(size, nodes, current, machine=machine)
     if int(parse_quantity(failure.memory_limit)) >= ceiling:
         return (
             f"No retry: {failure.memory_limit} is already the most memory a {size!r} task may get "

@@ -9,8 +9,8 @@
   anti-affinity (the stock executor's retry goes wherever the scheduler puts it: on the idle harness,
   the same node, first by name).
 - A sweep with a trial that always fails still ends ``success``, naming that trial
-  (``fanout_train`` with ``min_success_ratio`` 0.5 of two trials; its second trial's output location
-  is taken by a file, so every try of that trial fails).
+  (``fanout_train`` with ``min_success_ratio`` 0.5 of two trials; a directory squats on its second
+  trial's checkpoint path, so every try of that trial fails writing its first checkpoint).
 """
 
 from __future__ import annotations
@@ -195,10 +195,10 @@ def test_a_try_lost_with_its_node_is_retried_on_another_node(cp):
 def test_a_sweep_with_a_trial_that_always_fails_succeeds_and_names_it(cp, pipeline):
     client = cp.client
     run_id = "manual__sweep-with-a-failing-trial"
-    # Every try of trial 1 fails: a file stands where its output directory goes.
-    blocked = cp.artifact_root / "train" / safe_key(run_id) / "trials" / "trial-001"
-    blocked.parent.mkdir(parents=True, exist_ok=True)
-    blocked.write_text("not a directory\n")
+    # Every try of trial 1 fails at its first checkpoint: a directory squats on the checkpoint's path.
+    squatter = cp.artifact_root / "train" / safe_key(run_id) / "trials" / "trial-001" / "checkpoint.pt"
+    squatter.mkdir(parents=True)
+    (squatter / "not-a-checkpoint").write_text("a checkpoint cannot be written here\n")
     manifest = f"preprocess/{safe_key(pipeline.run_ids['fanout_preprocess'])}/merged/manifest.json"
     conf = {"features_manifest": manifest, "n_trials": 2, "min_success_ratio": 0.5}
     client.patch("/dags/fanout_render", {"is_paused": True})  # no render run for this model
@@ -209,7 +209,9 @@ def test_a_sweep_with_a_trial_that_always_fails_succeeds_and_names_it(cp, pipeli
         client.unpause("fanout_render")
 
     tis = {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances("fanout_train", run_id)}
-    assert run["state"] == "success"
+    assert run["state"] == "success", {
+        key: (ti["state"], ti["try_number"], ti["note"]) for key, ti in tis.items()
+    }
     failed = tis["train_trial", 1]
     assert (failed["state"], failed["try_number"]) == ("failed", failed["max_tries"] + 1), "every retry spent"
     assert tis["train_trial", 0]["state"] == tis["select_best", -1]["state"] == "success"

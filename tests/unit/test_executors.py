@@ -15,8 +15,9 @@ from kubernetes.client import models as k8s
 from kubernetes.client.rest import ApiException
 
 from fanout import executors
-from fanout.executors import NOTE_LIMIT, FanoutKubernetesExecutor, append_note
+from fanout.executors import FanoutKubernetesExecutor
 from fanout.failures import NODE_LOST, OOM_KILLED, TryFailure
+from fanout.notes import NOTE_LIMIT, append_note
 from fanout.taskpod import TaskProcessEnd
 
 KEY = TaskInstanceKey("fanout_train", "train_trial", "manual__1", try_number=1, map_index=0)
