@@ -71,7 +71,10 @@ class FanoutLocalExecutor(LocalExecutor):
         self._lock = threading.Lock()
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._machine = (psutil.virtual_memory().total, f"the memory of this machine ({socket.gethostname()})")
+        self._machine = (
+            psutil.virtual_memory().total,
+            f"the memory of this machine ({socket.gethostname()})",
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------------
 

@@ -55,7 +55,9 @@ class AirflowStack:
     home: Path
     dags_folder: Path = PROJECT_ROOT / "dags"
     port: int = 0
-    executor: str = "LocalExecutor"
+    # Airflow's LocalExecutor with each task's size as a memory budget (README "The local stack's
+    # memory budgets"); "LocalExecutor" runs tasks without budgets.
+    executor: str = "fanout.local_executor.FanoutLocalExecutor"
     parallelism: int = 0
     """LocalExecutor worker processes; 0 means one per CPU core."""
     database_uri: str | None = None

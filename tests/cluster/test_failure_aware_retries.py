@@ -146,8 +146,8 @@ def test_a_try_failed_with_a_node_fault_exit_code_is_retried_on_another_node(cp)
     assert probe.run["state"] == "success" and probe.task_instance["try_number"] == 2
     first, second = probe.pods[1], probe.pods[2]
     assert (first.phase, first.exit_code) == ("Failed", code)
+    assert second.node != first.node, f"try 2 ran on {second.node} again"
     assert required_off(second) == [first.node], "a required anti-affinity against try 1's node"
-    assert second.node != first.node
     note = probe.task_instance["note"] or ""
     assert (
         f"Try 2: kept off node {first.node} (exit code {code}, a node fault by FANOUT_NODE_FAULT_EXIT_CODES "
@@ -185,7 +185,8 @@ def test_a_try_lost_with_its_node_is_retried_on_another_node(cp):
     assert (first.node, first.phase, first.pod_reason) == (lost, "Failed", "NodeLost")
     record = TryFailure.from_json(cp.pods.pod(first.name)["metadata"]["annotations"][FAILURE_ANNOTATION])
     assert (record.cause, record.node) == (NODE_LOST, lost)
-    assert required_off(second) == [lost] and second.node == other
+    assert second.node == other, f"try 2 ran on {second.node}"
+    assert required_off(second) == [lost]
     assert f"Try 2: kept off node {lost} (node lost in try 1)" in (probe.task_instance["note"] or "")
 
 

@@ -16,6 +16,8 @@ one line here. extraSettings are added last and may not replace a setting made h
 {{- $_ := set $s "FANOUT_RENDER_POOL" .Values.nodePools.renderPool -}}
 {{- $_ := set $s "FANOUT_GPU_IMAGE" (include "fanout.image" (list .Values.images.gpuWorker.repository .Values.images.gpuWorker.tag)) -}}
 {{- with .Values.taskSizes }}{{ $_ := set $s "FANOUT_TASK_SIZES" (toJson .) }}{{ end -}}
+{{- $_ := set $s "FANOUT_OOM_MEMORY_FACTOR" .Values.retries.oomMemoryFactor -}}
+{{- with .Values.retries.nodeFaultExitCodes }}{{ $_ := set $s "FANOUT_NODE_FAULT_EXIT_CODES" (join "," .) }}{{ end -}}
 {{- with .Values.airflow.lightTaskExecutor }}{{ $_ := set $s "FANOUT_LIGHT_TASK_EXECUTOR" . }}{{ end -}}
 {{- if .Values.priorityClasses.create }}{{ $_ := set $s "FANOUT_PRIORITY_CLASS_PREFIX" .Values.priorityClasses.prefix }}{{ end -}}
 {{- if .Values.workerServiceAccount.create }}{{ $_ := set $s "FANOUT_WORKER_SERVICE_ACCOUNT" .Values.workerServiceAccount.name }}{{ end -}}
