@@ -116,3 +116,36 @@ def test_a_finished_run_shows_its_outputs():
     html = app._render_page(_Page(run, out))
     assert '<source src="/fanout/runs/fanout_render/r/artifacts/video/render.mp4" type="video/mp4">' in html
     assert 'id="contact-sheet"' in html and 'id="no-retries"' in html
+
+
+def test_a_sweep_that_lost_a_trial_names_it_under_the_ranking():
+    done = Try("select_best", -1, 1, "success", queued=at(0), start=at(1), end=at(2))
+    run = Run(
+        "fanout_train",
+        "r",
+        "success",
+        "manual",
+        at(0),
+        at(0),
+        at(3),
+        (TaskInstance("select_best", -1, "success", "", (done,)),),
+        {"select_best": Task("select_best")},
+    )
+    hp = {"lr": 0.003, "depth": 2, "hidden": 64, "activation": "relu", "batch_size": 256}
+    training = {  # as fanout.train.select_best writes metrics.json
+        "best": {"trial": 0, "val_rmse": 2.5, "best_epoch": 3},
+        "n_trials": 1,
+        "n_planned": 2,
+        "min_success_ratio": 0.5,
+        "ranking": [{"rank": 1, "trial": 0, "val_rmse": 2.5, "best_epoch": 3, "hyperparameters": hp}],
+        "failed_trials": [
+            {
+                "unit": "train/r/trials/trial-001",
+                "trial": 1,
+                "name": "trial 1 (lr 0.02, 3x64 gelu, batch 256)",
+            }
+        ],
+    }
+    html = app._render_page(_Page(run, outputs.Outputs(prefix="train/r", training=training)))
+    assert "1 of 2 trials failed and are not ranked (the sweep went on with at least 50% of them)" in html
+    assert '<li data-trial="1"><code>trial 1 (lr 0.02, 3x64 gelu, batch 256)</code></li>' in html
