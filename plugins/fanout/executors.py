@@ -1,4 +1,5 @@
-"""fanout's KubernetesExecutor: tasks sized to the deployment's nodes, and every failed pod explained.
+"""fanout's KubernetesExecutor: tasks sized to the deployment's nodes, every failed pod explained, and
+retries that learn from it.
 
 What ``FanoutKubernetesExecutor`` adds to the provider's KubernetesExecutor:
 
@@ -24,6 +25,12 @@ What ``FanoutKubernetesExecutor`` adds to the provider's KubernetesExecutor:
   - the kept pod itself: label and annotation ``fanout.io/failure`` (the cause; the structured
     record), where a later try can read what ended this one. The pod is also labelled
     ``airflow_executor_done=True``, so restarted schedulers stop trying to adopt it.
+- **A retry learns from the failed tries** (``fanout.retries``): after an OOM kill its pod gets more
+  memory (and an OOM kill at the most a task may get ends the task without spending retries); after
+  a node fault it keeps off that node. The earlier tries' records come from this executor's memory,
+  or after a scheduler restart from their kept pods; the note says what the retry got ("Try 2: retry
+  with 1152Mi of memory after OOMKilled at 768Mi in try 1 ..."), as does a ``retry pod changed``
+  audit event.
 
 Pods that fail before the task started are requeued without spending a retry by the provider
 itself (``[kubernetes_executor] pod_launch_failure_retries``, apache/airflow#69052); such a

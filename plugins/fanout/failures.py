@@ -12,7 +12,8 @@ Several parties each know part of how a pod ended:
 ``diagnose`` joins them into a ``TryFailure``; ``TryFailure.explain()`` says it in one sentence,
 which ``fanout.executors`` puts in the task instance's note and audit log. The record itself is
 kept on the failed pod (annotation ``fanout.io/failure``, JSON), so a later try can read what
-ended the previous one (its cause, memory limit and node) even after a scheduler restart.
+ended the previous one (its cause, memory limit and node: what ``fanout.retries`` plans from)
+even after a scheduler restart.
 
 No Airflow or kubernetes imports: pods are read through their attributes (``V1Pod``).
 """
