@@ -115,7 +115,10 @@ def test_an_oom_killed_task_succeeds_on_its_retry_with_more_memory(cp, memory_pr
     }
     cp.pods.wait_for(lambda: second.finished_at, timeout=30, message=f"{second.name} never exited")
     assert (second.phase, second.reason) == ("Succeeded", "Completed")
-    print(f"\ntry 1: OOMKilled at {limit}; try 2: {raised}, succeeded")
+    print(
+        f"\ntry 1: OOMKilled at {limit}; try 2: {raised}, succeeded; kill -> retry pod created "
+        f"{second.created_at - first.finished_at:.1f}s, -> retry running {second.started_at - first.finished_at:.1f}s"
+    )
 
 
 def test_the_note_and_the_audit_log_say_what_the_retry_got(cp, memory_probe):
@@ -153,7 +156,10 @@ def test_a_try_failed_with_a_node_fault_exit_code_is_retried_on_another_node(cp)
         f"Try 2: kept off node {first.node} (exit code {code}, a node fault by FANOUT_NODE_FAULT_EXIT_CODES "
         "in try 1)" in note
     )
-    print(f"\ntry 1 on {first.node} exited {code}; try 2 on {second.node}")
+    print(
+        f"\ntry 1 on {first.node} exited {code}; try 2 on {second.node}, pod created "
+        f"{second.created_at - first.finished_at:.1f}s after try 1's exit"
+    )
 
 
 def test_a_try_lost_with_its_node_is_retried_on_another_node(cp):
