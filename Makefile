@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo cluster-demo up test test-images images lock lint format clean helm helm-lint bench bench-quick
+.PHONY: help venv demo cluster-demo up test test-quick test-images images lock lint format clean helm helm-lint bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ cluster-demo: venv  ## run the pipeline with the KubernetesExecutor on the local
 up: venv  ## keep a local Airflow running, web UI on http://127.0.0.1:8080 (Ctrl-C stops it)
 	PYTHONPATH=plugins $(PY) -m fanout.demo up
 
-test: venv lint  ## run every test but the Docker ones (unit, DAG integrity, end-to-end, S3)
+test: venv lint  ## run every test: lint, unit, DAG integrity, end-to-end, S3, cluster harness, report, images and compose (Docker)
+	$(PY) -m pytest
+
+test-quick: venv lint  ## every test but the Docker ones (no image builds, no compose stack)
 	$(PY) -m pytest -m "not docker"
 
 # The official base by default; AIRFLOW_BASE=standin builds a local stand-in of it first
@@ -38,7 +41,7 @@ IMAGES ?= airflow gpu-worker
 images:  ## build fanout-airflow and fanout-gpu-worker (several GB) with a local Docker engine
 	images/build.sh --base $(AIRFLOW_BASE) $(IMAGES)
 
-test-images: venv  ## build and test the airflow image, then the compose stack end to end (base: FANOUT_AIRFLOW_BASE, else a local stand-in)
+test-images: venv  ## only the Docker tests: build and test the airflow image, then the compose stack end to end (base: FANOUT_AIRFLOW_BASE, else a local stand-in)
 	$(PY) -m pytest -m docker
 
 lock: venv  ## re-resolve constraints.txt after changing a requirements file (images/lock.sh)
