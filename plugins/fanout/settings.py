@@ -216,6 +216,12 @@ class Settings(BaseModel):
         "FANOUT_RETRY_DELAY_SECONDS", "a number of seconds >= 0", 20.0, ge=0, le=86_400
     )
 
+    # -- the local stack (make up, make demo, the end-to-end tests) ------------------------
+    local_database: Annotated[
+        Literal["postgres", "sqlite"],
+        BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),
+    ] = _setting("FANOUT_LOCAL_DATABASE", "postgres or sqlite", "postgres")
+
     # -- node pools (Kubernetes) ---------------------------------------------------------
     cpu_pool_selector: NodeLabels = _setting(
         "FANOUT_CPU_POOL_SELECTOR",
