@@ -151,7 +151,11 @@ def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, st
 
 
 def make_stack(home: Path, port: int = 0) -> AirflowStack:
-    return AirflowStack(home=home, port=port, dask=True)
+    return AirflowStack(home=home, port=port, dask=True, report=_say)
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
 def describe_dask(stack: AirflowStack) -> str:
@@ -205,10 +209,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
         print("Each DAG run's page has a 'Fanout report' tab (or open /fanout/runs/<dag_id>/<run_id>).")
         print(describe_dask(stack))
-        print(f"Logs: {stack.home}/logs. Ctrl-C stops every component.", flush=True)
+        print(
+            f"Logs: {stack.home}/logs. A component that dies is restarted (said here); "
+            "Ctrl-C stops every component.",
+            flush=True,
+        )
         while True:
-            time.sleep(5)
-            stack.check_alive()
+            time.sleep(3600)  # the supervisor's thread does the watching
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,14 +1,16 @@
 """The embedded default: real Airflow components on one machine, and a small REST client.
 
-``AirflowStack`` runs the api-server, scheduler and dag-processor (LocalExecutor, SQLite
-unless a database URI is given) from a private AIRFLOW_HOME, each in its own process group
-so ``stop()`` ends them and every task process they started. With ``dask=True`` it first
-starts a real Dask scheduler and workers beside them (``fanout.localdask``) and gives every
-component, and so every task, ``DASK_SCHEDULER_ADDRESS``; ``stop()`` stops Dask last. ``AirflowClient`` talks to the
-public REST API (``/api/v2``) the way the web UI does; tests and the demo use it instead of
-the CLI, which costs seconds of imports per call.
+``AirflowStack`` runs the api-server, scheduler and dag-processor (fanout's LocalExecutor,
+PostgreSQL unless told otherwise) from a private AIRFLOW_HOME. ``fanout.supervise`` keeps them
+running: each in a session of its own, restarted with backoff when it dies, and a reaper
+process that ends every process of the stack even when ours is killed. ``fanout.localdb`` is
+the database; ``fanout.localexecutor`` the executor that keeps a scheduler crash from costing
+retries. With ``dask=True`` it also starts a real Dask scheduler and workers beside them
+(``fanout.localdask``) and gives every component, and so every task, ``DASK_SCHEDULER_ADDRESS``.
+``AirflowClient`` talks to the public REST API (``/api/v2``) the way the web UI does; tests and
+the demo use it instead of the CLI, which costs seconds of imports per call.
 
-Used by ``make demo`` / ``make up`` (see ``fanout.demo``) and the end-to-end tests.
+Used by ``make demo`` / ``make up`` (see ``fanout.demo``), the end-to-end tests and ``bench/``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +36,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fanout.localdask import LocalDaskCluster
 
+from fanout.supervise import TAG_VARIABLE, Component, ComponentExited, Reaper, Supervisor, members_or_tagged
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_USER = "admin"
 TERMINAL_RUN_STATES = {"success", "failed"}
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+LOCAL_EXECUTOR = "fanout.localexecutor.FanoutLocalExecutor"
+
+# What makes a crash cheap (see fanout.localexecutor): a dead scheduler's tasks are adopted within
+# ~30 s; a task whose process died is failed into its next try after a minute without heartbeat;
+# a queued task nobody runs is requeued (same try) after two minutes; a task rides out an
+# api-server restart (its requests retry for ~4 minutes instead of ~30 s).
+RECOVERY_SETTINGS = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "20",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
+    "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "8",
+}
 
 
 def free_port() -> int:
@@ -48,6 +68,16 @@ class AirflowError(RuntimeError):
     """A component did not start, or the REST API answered with an error."""
 
 
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def _to_stderr(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class AirflowStack:
     """Airflow's components as local processes sharing one AIRFLOW_HOME."""
@@ -55,12 +85,15 @@ class AirflowStack:
     home: Path
     dags_folder: Path = PROJECT_ROOT / "dags"
     port: int = 0
-    # Airflow's LocalExecutor with each task's size as a memory budget (README "The local stack's
-    # memory budgets"); "LocalExecutor" runs tasks without budgets.
-    executor: str = "fanout.local_executor.FanoutLocalExecutor"
+    # fanout's LocalExecutor (README "The local stack's memory budgets", "The local stack");
+    # "LocalExecutor" runs tasks without budgets and without adopting a dead scheduler's tasks.
+    executor: str = LOCAL_EXECUTOR
     parallelism: int = 0
     """LocalExecutor worker processes; 0 means one per CPU core."""
     database_uri: str | None = None
+    """An existing database; None runs the local one (``database``)."""
+    database: str | None = None
+    """``postgres`` or ``sqlite``; None takes ``FANOUT_LOCAL_DATABASE`` (default postgres)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     components: tuple[str, ...] = COMPONENTS
     dask: bool = False
@@ -68,7 +101,15 @@ class AirflowStack:
     dask_workers: int = 0
     """Dask worker processes; 0 means one per CPU."""
     dask_cluster: LocalDaskCluster | None = field(default=None, init=False, repr=False)
-    _procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
+    supervise: bool = True
+    """Restart a component that dies after the stack is up (with backoff, reported)."""
+    ephemeral: bool = False
+    """Remove the database with the stack (tests, benchmarks), even if our process is killed."""
+    report: Callable[[str], None] = _to_stderr
+    supervisor: Supervisor = field(init=False, repr=False)
+    _reaper: Reaper | None = field(default=None, init=False, repr=False)
+    _tag: str = field(default="", init=False, repr=False)
+    _postgres: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -83,11 +124,25 @@ class AirflowStack:
             self.dask_cluster = LocalDaskCluster(
                 self.home / "dask", workers=self.dask_workers, env=self.extra_env
             )
+        if self.database is None:
+            from fanout.settings import settings
+
+            self.database = settings({**os.environ, **self.extra_env}).local_database
+        self.supervisor = Supervisor(report=self.report)
 
     # -- configuration -----------------------------------------------------------------
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tag(self) -> str:
+        """What every process of the running stack carries in its environment (``FANOUT_STACK_TAG``)."""
+        return self._tag
+
+    def processes(self) -> list[int]:
+        """Every live process of the stack: in a session it started (or tagged with its tag)."""
+        return members_or_tagged(self.supervisor.sessions, self._tag or None)
 
     @property
     def password_file(self) -> Path:
@@ -96,19 +151,22 @@ class AirflowStack:
     def _secrets(self) -> dict[str, str]:
         """Per-home secrets, generated once: a restarted stack keeps its tokens and password."""
         path = self.home / "fanout-secrets.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        from cryptography.fernet import Fernet
-
-        values = {
-            "fernet_key": Fernet.generate_key().decode(),
+        values = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {
+            "fernet_key": _fernet_key,
             # >= 64 bytes: shorter generated secrets trigger PyJWT key-length warnings.
-            "jwt_secret": secrets.token_urlsafe(64),
-            "api_secret_key": secrets.token_urlsafe(32),
-            "admin_password": secrets.token_urlsafe(12),
+            "jwt_secret": lambda: secrets.token_urlsafe(64),
+            "api_secret_key": lambda: secrets.token_urlsafe(32),
+            "admin_password": lambda: secrets.token_urlsafe(12),
+            "database_password": lambda: secrets.token_urlsafe(24),
         }
-        path.write_text(json.dumps(values))
-        path.chmod(0o600)
+        missing = {name: make() for name, make in wanted.items() if name not in values}
+        if missing:
+            values.update(missing)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(values))
+            tmp.chmod(0o600)
+            tmp.replace(path)
         return values
 
     def env(self) -> dict[str, str]:
@@ -139,6 +197,7 @@ class AirflowStack:
             # The task supervisor can sleep this long after its task exited before it notices,
             # holding the executor slot (5 s by default, bench/README.md); 1 s bounds that.
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            **RECOVERY_SETTINGS,
             # Each LocalExecutor slot gets an equal share of the cores, so parallel tasks that
             # size their thread/process pools from it do not oversubscribe the machine.
             "FANOUT_TASK_CPUS": str(max(1, cpus // self.parallelism)),
@@ -152,15 +211,22 @@ class AirflowStack:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_uri
         if self.dask_cluster is not None:
             env["DASK_SCHEDULER_ADDRESS"] = self.dask_cluster.address
+        elif self._postgres is not None:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self._postgres.uri
         env.update(self.extra_env)
+        if self._tag:
+            env[TAG_VARIABLE] = self._tag  # what the reaper finds every process of this stack by
         return env
 
     # -- lifecycle -----------------------------------------------------------------------
     def _airflow(self) -> list[str]:
         return [sys.executable, "-m", "airflow"]
 
+    def _log(self, name: str) -> Path:
+        return self.home / "logs" / f"{name}.log"
+
     def migrate(self) -> None:
-        log = self.home / "logs" / "db-migrate.log"
+        log = self._log("db-migrate")
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
             done = subprocess.run(
@@ -169,82 +235,124 @@ class AirflowStack:
         if done.returncode:
             raise AirflowError(f"airflow db migrate failed (exit {done.returncode}); see {log}")
 
-    def start(self, timeout: float = 120) -> AirflowClient:
-        """Migrate the database, start the components and wait until the API answers."""
-        # The simple auth manager keeps the password it finds in this file.
-        self.password_file.write_text(json.dumps({ADMIN_USER: self._secrets()["admin_password"]}))
-        if self.dask_cluster is not None:
-            self.dask_cluster.start()
+    def start(self, timeout: float = 180) -> AirflowClient:
+        """Start the database, migrate it, start the components and wait until the API answers."""
+        self._tag = uuid.uuid4().hex
+        # First the reaper: no process of the stack may exist without one to end it.
+        self._reaper = Reaper(self._tag, remove=self._ephemeral_paths())
+        self.supervisor = Supervisor(report=self.report, on_start=self._reaper.watch)
         try:
+            self._start_database()
+            if self.dask_cluster is not None:
+                self.dask_cluster.start()
+            # The simple auth manager keeps the password it finds in this file.
+            self.password_file.write_text(json.dumps({ADMIN_USER: self._secrets()["admin_password"]}))
             self.migrate()
+            env = self.env()
+            for name in self.components:
+                self.start_component(name, env)
+            client = AirflowClient(self.base_url, ADMIN_USER, self._secrets()["admin_password"])
+            self._wait_healthy(client, timeout)
         except BaseException:
             self.stop()
             raise
-        env = self.env()
-        for name in self.components:
-            self.start_component(name, env)
-        client = AirflowClient(self.base_url, ADMIN_USER, self._secrets()["admin_password"])
+        if self.supervise:
+            self.supervisor.watch()
+        return client
+
+    def _ephemeral_paths(self) -> list[Path]:
+        if not self.ephemeral or self.database_uri or self.database != "postgres":
+            return []
+        from fanout.localdb import data_dir_for
+
+        return [data_dir_for(self.home)]
+
+    def _start_database(self) -> None:
+        if self.database_uri or self.database == "sqlite":
+            return
+        from fanout.localdb import LocalPostgres, data_dir_for
+
+        datadir = data_dir_for(self.home)
+        link = self.home / "postgres"
+        if datadir != link and not link.is_symlink():
+            shutil.rmtree(datadir, ignore_errors=True)  # left by an earlier home of the same path
+            link.symlink_to(datadir)
+        postgres = LocalPostgres(datadir, free_port(), self._secrets()["database_password"])
+        postgres.init()
+        self._postgres = postgres
+        self.supervisor.start(
+            Component(
+                "postgres",
+                postgres.command(),
+                # What the server needs, and the tag: no Airflow settings, no secrets.
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", TAG_VARIABLE: self._tag},
+                cwd=Path("/"),
+                log=self._log("postgres"),
+                user=postgres.user,
+                stop_signal=signal.SIGINT,  # PostgreSQL's fast shutdown
+                stop_last=True,
+            )
+        )
+        postgres.wait_ready(alive=lambda: self.supervisor.pid("postgres") is not None)
+
+    def _wait_healthy(self, client: AirflowClient, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            self.check_alive()
+            try:
+                self.supervisor.check_started()
+            except ComponentExited as exc:
+                raise AirflowError(f"airflow {exc}") from None
             try:
                 health = client.health()
                 if health.get("scheduler", {}).get("status") == "healthy":
-                    return client
+                    return
             except (OSError, AirflowError):
                 pass
             if time.monotonic() > deadline:
-                self.stop()
                 raise AirflowError(
                     f"Airflow did not become healthy within {timeout}s; logs in {self.home}/logs"
                 )
             time.sleep(0.5)
 
     def start_component(self, name: str, env: dict[str, str] | None = None) -> None:
-        log = (self.home / "logs" / f"{name}.log").open("a")
-        # Own process group: stopping the group also stops LocalExecutor workers and their
-        # task processes, which ignore a SIGTERM sent to the parent alone.
-        self._procs[name] = subprocess.Popen(
-            [*self._airflow(), name],
-            env=env or self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.home,
+        argv = [*self._airflow(), name]
+        if name == "scheduler":
+            # The api-server reads task logs from the files on this machine; a log server per
+            # scheduler would only take a fixed port (8793) that parallel stacks fight over.
+            argv.append("--skip-serve-logs")
+        self.supervisor.start(
+            Component(
+                name,
+                argv,
+                env=env or self.env(),
+                cwd=self.home,
+                log=self._log(name),
+                # LocalExecutor workers of a dead scheduler keep supervising their tasks; they are
+                # ended once idle (their title then ends in "<idle>").
+                drains="<idle>" if name == "scheduler" else None,
+            )
         )
 
     def check_alive(self) -> None:
-        for name, proc in self._procs.items():
-            if proc.poll() is not None:
-                log = self.home / "logs" / f"{name}.log"
-                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-3:])
-                raise AirflowError(f"airflow {name} exited with {proc.returncode}; see {log}:\n{tail}")
+        """Raise if a component has exited (and is not being restarted)."""
+        try:
+            self.supervisor.check_started()
+        except ComponentExited as exc:
+            raise AirflowError(f"airflow {exc}") from None
 
     def stop_component(self, name: str, grace: float = 15) -> None:
-        proc = self._procs.pop(name, None)
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                # The leader is gone; its group may still hold task processes.
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-            break
+        """Stop one component for good, with every process it started."""
+        self.supervisor.stop_component(name, grace)
 
     def stop(self) -> None:
-        for name in reversed(list(self._procs)):
-            self.stop_component(name)
+        """Stop every component, then the database; the reaper ends whatever is left."""
+        self.supervisor.stop()
         if self.dask_cluster is not None:
             self.dask_cluster.stop()  # after Airflow: no task is left to use it
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
+        self._postgres = None
 
     def __enter__(self) -> AirflowClient:
         return self.start()
