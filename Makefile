@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo cluster-demo up test test-quick test-images images lock lint format clean helm helm-lint bench bench-quick
+.PHONY: help venv postgres demo cluster-demo up test test-quick test-images images lock lint format clean helm helm-lint bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,19 +18,22 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(STAMP)  ## create the virtualenv with pinned dependencies
 
-demo: venv  ## run the whole pipeline through a local Airflow (LocalExecutor) and print a summary
+postgres: venv  ## install the PostgreSQL server of the local stack if missing (apt-get as root; FANOUT_LOCAL_DATABASE=sqlite skips)
+	@PYTHONPATH=plugins $(PY) -m fanout.localdb install
+
+demo: venv postgres  ## run the whole pipeline through a local Airflow (LocalExecutor) and print a summary
 	PYTHONPATH=plugins $(PY) -m fanout.demo run
 
-cluster-demo: venv  ## run the pipeline with the KubernetesExecutor on the local cluster harness; show which pod ran where
+cluster-demo: venv postgres  ## run the pipeline with the KubernetesExecutor on the local cluster harness; show which pod ran where
 	PYTHONPATH=plugins:. $(PY) -m tests.cluster.demo
 
-up: venv  ## keep a local Airflow running, web UI on http://127.0.0.1:8080 (Ctrl-C stops it)
+up: venv postgres  ## keep a local Airflow running (components restarted if they die), web UI on http://127.0.0.1:8080; Ctrl-C stops it
 	PYTHONPATH=plugins $(PY) -m fanout.demo up
 
-test: venv lint  ## run every test: lint, unit, DAG integrity, end-to-end, S3, cluster harness, report, images and compose (Docker)
+test: venv lint postgres  ## run every test: lint, unit, DAG integrity, end-to-end, S3, cluster harness, report, images and compose (Docker)
 	$(PY) -m pytest
 
-test-quick: venv lint  ## every test but the Docker ones (no image builds, no compose stack)
+test-quick: venv lint postgres  ## every test but the Docker ones (no image builds, no compose stack)
 	$(PY) -m pytest -m "not docker"
 
 # The official base by default; AIRFLOW_BASE=standin builds a local stand-in of it first
@@ -47,10 +50,10 @@ test-images: venv  ## only the Docker tests: build and test the airflow image, t
 lock: venv  ## re-resolve constraints.txt after changing a requirements file (images/lock.sh)
 	images/lock.sh
 
-bench: venv  ## run every benchmark (~10 min on 2 cores): bench/results/<date>.json, table, bench/README.md
+bench: venv postgres  ## run every benchmark (~10 min on 2 cores): bench/results/<date>.json, table, bench/README.md
 	PYTHONPATH=plugins $(PY) -m bench
 
-bench-quick: venv  ## every benchmark at tiny sizes (< 2 min; make test runs it too)
+bench-quick: venv postgres  ## every benchmark at tiny sizes (< 2 min; make test runs it too)
 	PYTHONPATH=plugins $(PY) -m bench --quick
 
 lint: venv  ## ruff (including Airflow's AIR rules)
@@ -67,5 +70,6 @@ helm: venv  ## install the pinned helm binary into .tools/bin (helm/get-helm.sh)
 helm-lint: venv  ## lint and render helm/fanout (helm lint --strict) and the other packaging checks
 	$(PY) -m pytest tests/packaging -q
 
-clean:  ## remove local Airflow state and artifacts (keeps the virtualenv)
+clean:  ## remove local Airflow state (its PostgreSQL cluster too) and artifacts (keeps the virtualenv)
+	@if [ -L .airflow/postgres ]; then rm -rf "$$(readlink .airflow/postgres)"; fi
 	rm -rf .airflow artifacts
