@@ -9,6 +9,7 @@ is configured).
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,16 @@ os.environ.update(
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
     }
 )
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"pytest received {signal.Signals(signum).name}")
+
+
+# pytest tears fixtures down (stopping every Airflow stack) on Ctrl-C, but a SIGTERM (a CI timeout,
+# `kill`) would end it on the spot: make SIGTERM unwind the same way. A SIGKILL runs no code at
+# all; each stack's reaper process (fanout.supervise) ends its processes then.
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""A real Airflow (api-server, scheduler, dag-processor; LocalExecutor; SQLite) and a real Dask
-scheduler with two worker processes beside it (``dask scheduler``, ``dask worker``), for the session."""
+"""A real Airflow (api-server, scheduler, dag-processor; fanout's LocalExecutor; PostgreSQL) and a
+real Dask scheduler with two worker processes beside it (``dask scheduler``, ``dask worker``) for
+the session, and the pipeline run once through it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def airflow(tmp_path_factory, artifact_root):
         parallelism=2,
         dask=True,
         dask_workers=2,
+        ephemeral=True,  # its database goes with it, even if pytest is killed
         extra_env={
             "FANOUT_ARTIFACT_ROOT": str(artifact_root),
             "FANOUT_PARAMS": json.dumps(SMALL_PARAMS),
@@ -46,6 +48,17 @@ def airflow(tmp_path_factory, artifact_root):
         yield stack, client
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline(airflow):
+    """The three runs of one undisturbed pipeline trigger: {dag_id: run_id}."""
+    from fanout.demo import PIPELINE, run_pipeline
+
+    _, client = airflow
+    reports = run_pipeline(client, timeout=600)
+    assert [(r.dag_id, r.state) for r in reports] == [(d, "success") for d in PIPELINE]
+    return {r.dag_id: r.run_id for r in reports}
 
 
 @pytest.fixture

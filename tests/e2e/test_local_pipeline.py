@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from fanout.demo import PIPELINE, run_pipeline
 from fanout.localstack import AirflowError
 from fanout.storage import safe_key
 from tests.e2e.conftest import SMALL_PARAMS
@@ -21,15 +20,6 @@ from tests.e2e.conftest import SMALL_PARAMS
 
 def _states(client, dag_id, run_id):
     return {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances(dag_id, run_id)}
-
-
-@pytest.fixture(scope="module")
-def pipeline(airflow):
-    """The three runs of one pipeline trigger: {dag_id: run_id}."""
-    _, client = airflow
-    reports = run_pipeline(client, timeout=600)
-    assert [(r.dag_id, r.state) for r in reports] == [(d, "success") for d in PIPELINE]
-    return {r.dag_id: r.run_id for r in reports}
 
 
 def test_every_task_of_every_dag_succeeded_with_the_expected_fan_out(airflow, pipeline):

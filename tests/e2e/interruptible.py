@@ -1,0 +1,49 @@
+"""A pytest session that is interrupted on purpose: ``test_teardown.py`` runs it and signals it.
+
+Not collected by the suite (the name does not start with ``test_``). It takes the session's real
+``airflow`` fixture, starts a render chunk, writes what the outer test needs to find every
+process of the stack, and waits for the signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tests.e2e.test_local_pipeline import _process_of
+
+READY = "FANOUT_INTERRUPT_READY"
+# Heavy enough that the chunk is still running when the signal arrives.
+CONF = {"n_frames": 2, "chunk_size": 1, "width": 320, "height": 180, "samples": 64}
+
+
+def test_waits_with_a_task_running_until_interrupted(airflow):
+    stack, client = airflow
+    client.unpause("fanout_render")
+    run_id = client.trigger("fanout_render", CONF)
+    deadline = time.monotonic() + 300
+    pid = None
+    while pid is None:
+        assert time.monotonic() < deadline, "no render chunk ran"
+        for ti in client.task_instances("fanout_render", run_id):
+            if ti["task_id"] == "render_chunk" and ti["state"] == "running":
+                pid = _process_of(ti["id"])
+        time.sleep(0.2)
+    ready = Path(os.environ[READY])
+    tmp = ready.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "tag": stack.tag,
+                "sessions": stack.supervisor.sessions,
+                "processes": stack.processes(),
+                "task_pid": pid,
+                "database": str((stack.home / "postgres").resolve()),
+            }
+        )
+    )
+    tmp.replace(ready)
+    while True:  # until the outer test's signal ends this session
+        time.sleep(1)
