@@ -15,7 +15,6 @@ Standard library only: every Airflow component, task processes included, loads p
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -36,6 +35,8 @@ def unknown_conf_keys(dag_id: str, conf: Any, params: Iterable[str]) -> str | No
     unknown = sorted(set(conf) - set(valid))
     if not unknown:
         return None
+    import difflib  # only for a refusal: every task process loads this module with the plugin
+
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key, valid, n=1)
