@@ -1,10 +1,10 @@
 """An interrupted test session leaves no Airflow process and no database behind.
 
-Each case runs ``interruptible.py`` in a pytest of its own (a real stack with a task running),
-then interrupts it: Ctrl-C (SIGINT to its process group), SIGTERM (a CI timeout, ``kill``), and
-SIGKILL (no cleanup code runs at all). Afterwards no process of the stack may be left (in the
+Three pytest sessions run ``interruptible.py`` at once (each a real stack with a task running);
+each test interrupts one: Ctrl-C (SIGINT to its process group), SIGTERM (a CI timeout, ``kill``),
+SIGKILL (no cleanup code runs at all). Afterwards no process of that stack may be left (in the
 sessions its components started, or carrying its tag): components, LocalExecutor workers, task
-processes, PostgreSQL.
+processes, PostgreSQL; and its throwaway database is removed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,47 +24,70 @@ from fanout.supervise import cmdline, members_or_tagged
 from tests.e2e.interruptible import READY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 
-def _interrupt(proc: subprocess.Popen, sig: signal.Signals) -> None:
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
-    else:
-        os.kill(proc.pid, sig)
+@dataclass
+class Inner:
+    proc: subprocess.Popen
+    ready: Path
+    log: Path
 
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_interrupted_session_leaves_no_airflow_process(sig, tmp_path):
-    ready = tmp_path / "ready.json"
-    log = tmp_path / "inner.log"
-    # The inner session configures Airflow itself (tests/conftest.py), as any session does.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env[READY] = str(ready)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "tests/e2e/interruptible.py", "-q", "-p", "no:cacheprovider"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, as a terminal's foreground job
-        )
-    try:
-        deadline = time.monotonic() + 420
-        while not ready.exists():
-            assert proc.poll() is None, f"the inner session ended early:\n{log.read_text()[-3000:]}"
+    def wait_ready(self, timeout: float = 480) -> dict:
+        deadline = time.monotonic() + timeout
+        while not self.ready.exists():
+            assert self.proc.poll() is None, f"the inner session ended early:\n{self.log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, (
-                f"the inner session never got ready:\n{log.read_text()[-3000:]}"
+                f"the inner session never got ready:\n{self.log.read_text()[-3000:]}"
             )
             time.sleep(0.5)
-        info = json.loads(ready.read_text())
-        assert info["task_pid"] in info["processes"], "the task process is one of the stack's"
+        return json.loads(self.ready.read_text())
 
-        _interrupt(proc, sig)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+@pytest.fixture(scope="module")
+def inner_sessions(tmp_path_factory):
+    """One inner session per signal, started together (their stacks start in parallel)."""
+    sessions = {}
+    # The inner sessions configure Airflow themselves (tests/conftest.py), as any session does.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    for sig in SIGNALS:
+        tmp = tmp_path_factory.mktemp(f"inner-{sig.name}")
+        with (tmp / "inner.log").open("w") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "tests/e2e/interruptible.py",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                ],
+                cwd=PROJECT_ROOT,
+                env={**env, READY: str(tmp / "ready.json")},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, as a terminal's foreground job
+            )
+        sessions[sig] = Inner(proc, tmp / "ready.json", tmp / "inner.log")
+    yield sessions
+    for inner in sessions.values():
+        if inner.proc.poll() is None:
+            inner.proc.kill()  # its reaper ends its stack
+            inner.proc.wait()
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_interrupted_session_leaves_no_airflow_process(sig, inner_sessions):
+    inner = inner_sessions[sig]
+    info = inner.wait_ready()
+    assert info["task_pid"] in info["processes"], "the task process is one of the stack's"
+
+    if sig == signal.SIGINT:
+        os.killpg(inner.proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
+    else:
+        os.kill(inner.proc.pid, sig)
+    inner.proc.wait(timeout=120)
 
     deadline = time.monotonic() + 60
     while left := members_or_tagged(info["sessions"], info["tag"]):
