@@ -40,11 +40,15 @@ class Sizes:
     noop_sizes: tuple[int, ...]
     single_task_runs: int
     noop_cap_s: float
-    """A no-op fan-out still running after this long is stopped and its rate extrapolated."""
+    """A no-op fan-out still running after this long is stopped and reported with what it reached."""
+    burst_requests: int
+    """Concurrent trigger/unpause API requests in the burst."""
+    capped_probe: tuple[int, float] | None
+    """(n, cap): a fan-out given too little time to finish, so the capped path runs (quick mode)."""
+    anchor: bool
+    """Run the orchestration figures on plain Airflow with the same settings too."""
     whatif_noop: int
-    """Size of the side-by-side no-op run with the supervisor fix; 0 skips the what-if stack."""
-    whatif_fanouts: tuple[str, ...]
-    """Compute fan-outs run again, at parallelism = cores, on the what-if stack."""
+    """Size of the no-op fan-out on the what-if stack with the other database (SQLite); 0 skips it."""
     kubernetes_noop: int
     """No-op fan-out on the KubernetesExecutor; the LocalExecutor figure of the same size is its peer."""
     # Dask
@@ -74,8 +78,10 @@ FULL = Sizes(
     noop_sizes=(10, 100, 1000),
     single_task_runs=3,
     noop_cap_s=60.0,
+    burst_requests=24,
+    capped_probe=None,
+    anchor=True,
     whatif_noop=100,
-    whatif_fanouts=("preprocess",),
     kubernetes_noop=10,
     # fanout_preprocess's default rows_per_shard, and a bigger shard
     dask_shard_rows=(500_000, 2_000_000),
@@ -102,8 +108,10 @@ QUICK = Sizes(
     noop_sizes=(2,),
     single_task_runs=1,
     noop_cap_s=60.0,
+    burst_requests=4,
+    capped_probe=(40, 2.0),
+    anchor=True,
     whatif_noop=0,
-    whatif_fanouts=(),
     kubernetes_noop=2,
     dask_shard_rows=(200_000,),
     dask_noop_tasks=50,

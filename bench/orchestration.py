@@ -3,22 +3,28 @@
 ``bench_noop`` fans out ``n`` mapped tasks that return at once, so every second of a run is
 Airflow's: the scheduler queueing, the LocalExecutor worker starting a supervisor and a task
 process, the Execution API calls, and the teardown after the task returned. Per task we report
-queued -> start and start -> end (task instance timestamps), and how long the task held its
-worker (the supervisor's own "Workload finished" duration, from the scheduler log).
+queued -> start and start -> end (task instance timestamps), how long the task held its worker
+(the supervisor's own "Workload finished" duration, from the scheduler log), and the CPU time
+every component spent per task.
 
-Where the time goes, measured on Airflow 3.3.2: after a task process closes its sockets the
-supervisor loops in ``_monitor_subprocess`` while the exit code is unknown; with no sockets
-left to wake it, ``select`` sleeps the full ``[workers] min_heartbeat_interval`` (5 s) before
-noticing the exit. Tasks that lose that race hold their worker ~5 s longer than they ran.
+Each figure is measured on the stack as shipped and, in the same run, on plain Airflow with
+the same settings (the anchor: Airflow's LocalExecutor, no fanout plugin, no fanout DAGs), so
+the difference is fanout's. A fan-out still running at its cap is stopped and reported with what
+it reached (expanded, queued, running, done); nothing is extrapolated from it.
+
+A burst of concurrent trigger and unpause requests measures whether the api-server stays
+responsive while the scheduler works (HTTP errors, latency).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.parse
 
-from bench.common import distribution, ratio, rnd, ts
+from bench.common import distribution, percentile, ratio, rnd, ts
 from bench.stack import BenchStack, heartbeat_interval, worker_hold_times
+from fanout.localstack import AirflowError
 
 DAG_ID = "bench_noop"
 FANOUT_TASK = "noop"
@@ -43,7 +49,7 @@ def single_task_latency(bench: BenchStack, runs: int) -> dict:
 
 
 def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dict:
-    """One fan-out of ``n`` no-op tasks; stopped after ``cap_s`` and extrapolated if unfinished."""
+    """One fan-out of ``n`` no-op tasks, stopped after ``cap_s`` if it has not finished by then."""
     client = bench.client
     client.unpause(DAG_ID)
     began = time.monotonic()
@@ -57,7 +63,7 @@ def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dic
     ended, ended_epoch = time.monotonic(), time.time()
     capped = run["state"] not in ("success", "failed")
     if capped:
-        _stop_run(bench, run_id)
+        reached = _stop_run(bench, run_id, ended_epoch)
     elif run["state"] != "success":
         raise RuntimeError(f"{DAG_ID} n={n} ended {run['state']}")
     tis = client.task_instances(DAG_ID, run_id)
@@ -67,27 +73,16 @@ def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dic
         t for t in mapped if t["state"] == "success" and t["end_date"] and ts(t["end_date"]) <= ended_epoch
     ]
     resources = bench.monitor.window(began, ended)
-    elapsed = ended - began
-    if capped:
-        # Extrapolate from the fan-out's steady rate: tasks finished since the first one started.
-        first_start = min((ts(t["start_date"]) for t in done), default=None)
-        last_end = max((ts(t["end_date"]) for t in done), default=None)
-        rate = ratio(len(done), (last_end - first_start) if done else None)
-        wall = None
-        projected = elapsed if not rate else (first_start - ts(run["start_date"])) + n / rate
-    else:
-        wall = ts(run["end_date"]) - ts(run["start_date"])
-        projected = wall
+    wall = None if capped else ts(run["end_date"]) - ts(run["start_date"])
     held = worker_hold_times(bench, {t["id"] for t in done})
-    return {
+    result = {
         "n": n,
         "completed": not capped,
+        "cap_s": cap_s,
         "tasks_done": len(done),
         "wall_s": rnd(wall),
-        "elapsed_s": rnd(elapsed),
-        "projected_wall_s": rnd(projected),
-        "wall_per_1000_tasks_s": rnd(projected / n * 1000),
-        "tasks_per_s": rnd(ratio(n, projected)),
+        "elapsed_s": rnd(ended - began),
+        "wall_per_1000_tasks_s": rnd(wall / n * 1000) if wall else None,
         "queued_to_start_s": distribution(ts(t["start_date"]) - ts(t["queued_when"]) for t in done),
         "start_to_end_s": distribution(ts(t["end_date"]) - ts(t["start_date"]) for t in done),
         "worker_hold_s": distribution(held),
@@ -100,17 +95,55 @@ def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dic
             for name, cpu in (resources["cpu_s_by_component"] or {}).items()
         },
         "peak_rss_mib": resources["peak_rss_mib"],
+        "other_load_cores": resources["other_load_cores"],
     }
+    if capped:
+        result["reached"] = reached
+        if not done:
+            result["status"] = "error"
+            result["reason"] = (
+                f"no task completed within the {cap_s:g} s cap; reached {_reached_text(reached)}"
+            )
+    return result
 
 
-def _stop_run(bench: BenchStack, run_id: str, timeout: float = 30) -> None:
-    """Fail a capped run and wait until its tasks have left the workers."""
+def _reached_text(reached: dict) -> str:
+    return (
+        f"{reached['expanded']} expanded, {reached['queued']} queued, {reached['started']} started, "
+        f"{reached['done']} done"
+    )
+
+
+def _stop_run(bench: BenchStack, run_id: str, at_epoch: float, timeout: float = 30) -> dict:
+    """Count what a capped run reached at ``at_epoch``, fail it, and wait until its tasks left the workers."""
+    tis = [
+        t
+        for t in bench.client.task_instances(DAG_ID, run_id)
+        if t["task_id"] == FANOUT_TASK and t["map_index"] >= 0
+    ]
+
+    def before(value: str | None) -> bool:
+        return bool(value) and ts(value) <= at_epoch
+
+    reached = {
+        "expanded": len(tis),
+        "queued": sum(before(t["queued_when"]) for t in tis),
+        "started": sum(before(t["start_date"]) for t in tis),
+        "done": sum(t["state"] == "success" and before(t["end_date"]) for t in tis),
+    }
     quoted = urllib.parse.quote(run_id, safe="")
     bench.client.patch(f"/dags/{DAG_ID}/dagRuns/{quoted}", {"state": "failed"})
+    _wait_idle(bench, [run_id], timeout)
+    return reached
+
+
+def _wait_idle(bench: BenchStack, run_ids: list[str], timeout: float = 30) -> None:
+    """Wait until no task of ``run_ids`` is queued or running, and the supervisors are gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = [
             t
+            for run_id in run_ids
             for t in bench.client.task_instances(DAG_ID, run_id)
             if t["state"] in ("queued", "running", "scheduled", "restarting")
         ]
@@ -118,6 +151,59 @@ def _stop_run(bench: BenchStack, run_id: str, timeout: float = 30) -> None:
             break
         time.sleep(1)
     time.sleep(2)  # teardown of the last supervisors
+
+
+def trigger_burst(bench: BenchStack, requests: int) -> dict:
+    """``requests`` concurrent API calls, alternately triggering ``bench_noop`` and (un)pausing it.
+
+    The runs it creates are failed right after (they would queue behind each other), so the burst
+    leaves nothing running. Reports every answer that was not a success and the latency.
+    """
+    client = bench.client
+    client.unpause(DAG_ID)
+    client.token()  # one login before the burst, not one per thread
+    latencies: list[float] = []
+    errors: list[str] = []
+    run_ids: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(requests)
+
+    def one(index: int) -> None:
+        start.wait()
+        began = time.perf_counter()
+        try:
+            if index % 2:
+                client.patch(f"/dags/{DAG_ID}", {"is_paused": False})
+            else:
+                run_ids.append(client.trigger(DAG_ID, {"n": 1}))
+            outcome = None
+        except (AirflowError, OSError) as exc:
+            outcome = str(exc)[:200]
+        with lock:
+            latencies.append(time.perf_counter() - began)
+            if outcome:
+                errors.append(outcome)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for run_id in run_ids:
+        bench.client.patch(
+            f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}", {"state": "failed"}
+        )
+    _wait_idle(bench, run_ids)
+    return {
+        "requests": requests,
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "latency_s": {
+            "p50": rnd(percentile(latencies, 50)),
+            "p95": rnd(percentile(latencies, 95)),
+            "max": rnd(max(latencies)),
+        },
+    }
 
 
 def pool_map_floor(n: int, processes: int) -> dict:
@@ -137,56 +223,57 @@ def _noop(item: int) -> int:
     return item
 
 
-def run(bench: BenchStack, sizes) -> dict:
-    """Every orchestration figure on ``bench``: one-task latency, each fan-out size, the floor."""
+def run(bench: BenchStack, sizes, floor: bool = True) -> dict:
+    """Every orchestration figure on ``bench``: one-task latency, each fan-out size, a burst."""
     interval = heartbeat_interval(bench)
-    return {
+    section = {
+        "stack": "plain Airflow (anchor)" if bench.plain else "fanout",
+        "database": bench.stack.database if not bench.stack.database_uri else "external",
         "parallelism": bench.parallelism,
         "min_heartbeat_interval_s": interval,
         "single_task": single_task_latency(bench, sizes.single_task_runs),
         "fanouts": [noop_fanout(bench, n, sizes.noop_cap_s, interval) for n in sizes.noop_sizes],
-        "pool_map_floor": pool_map_floor(max(sizes.noop_sizes), bench.parallelism),
+        "burst": trigger_burst(bench, sizes.burst_requests),
     }
+    if floor:
+        section["pool_map_floor"] = pool_map_floor(max(sizes.noop_sizes), bench.parallelism)
+    if sizes.capped_probe and not bench.plain:
+        n, cap = sizes.capped_probe
+        section["capped_probe"] = noop_fanout(bench, n, cap, interval)
+    return section
 
 
-def whatif_section(bench: BenchStack, n: int, cap_s: float, baseline: dict) -> dict:
-    """The same no-op fan-out with Airflow's default ``min_heartbeat_interval`` (5 s) beside the
-    stack as shipped (1 s): what the shipped setting buys."""
-    airflow_default = noop_fanout(bench, n, cap_s, heartbeat_interval(bench))
-    shipped = next((f for f in baseline["fanouts"] if f["n"] == n), None)
+def database_whatif(bench: BenchStack, sizes) -> dict:
+    """The burst and the middle fan-out on a stack that differs only in its database."""
+    interval = heartbeat_interval(bench)
+    n = sizes.whatif_noop
     return {
-        "override": bench.overrides,
-        "fanout": airflow_default,
-        "shipped_speedup": rnd(
-            ratio(
-                airflow_default["wall_per_1000_tasks_s"],
-                shipped["wall_per_1000_tasks_s"] if shipped else None,
-            )
-        ),
+        "database": bench.stack.database,
+        "fanout": noop_fanout(bench, n, sizes.noop_cap_s, interval),
+        "burst": trigger_burst(bench, sizes.burst_requests),
     }
 
 
-def targets(section: dict, whatif: dict | None) -> list[dict]:
-    """Targets: single no-op queued -> success p50 <= 0.3 s; 1,000 no-ops done in <= 60 s."""
+# -- the table -------------------------------------------------------------------------------
+def _fanout_of(section: dict | None, n: int) -> dict | None:
+    return next((f for f in (section or {}).get("fanouts", []) if f["n"] == n), None)
+
+
+def _wall_text(fanout: dict | None) -> str:
+    if fanout is None:
+        return "not measured"
+    if fanout.get("status") == "error":
+        return f"error: {fanout['reason']}"
+    if not fanout["completed"]:
+        return f"not done within the {fanout['cap_s']:g} s cap ({_reached_text(fanout['reached'])})"
+    return f"{fanout['wall_s']} s"
+
+
+def targets(section: dict, anchor: dict | None, database: dict | None = None) -> list[dict]:
+    """single no-op queued -> success p50 <= 0.3 s; 1,000 no-ops <= 60 s; no error in a burst."""
     rows = []
     single = section["single_task"]["queued_to_success_s"]["p50"]
-    fanouts = section["fanouts"]
-    biggest = max(fanouts, key=lambda f: f["n"])
-    hold = biggest["worker_hold_s"]
-    blocker = (
-        f"each task holds its worker p50 {hold['p50']} s / p95 {hold['p95']} s although it runs "
-        f"{biggest['start_to_end_s']['p50']} s; {_pct(biggest['held_a_heartbeat_interval'])} of tasks wait out "
-        f"min_heartbeat_interval ({section['min_heartbeat_interval_s']:g} s) in the supervisor after exiting; "
-        f"the stack spends {biggest['stack_cpu_s_per_task']} CPU-s per task "
-        f"({_by_component(biggest)}), so {biggest['n']:,} tasks need "
-        f"{biggest['n'] * (biggest['stack_cpu_s_per_task'] or 0) / section['parallelism']:.0f} s of all "
-        f"{section['parallelism']} cores even with no waiting"
-    )
-    if whatif:
-        blocker += (
-            f"; with Airflow's default min_heartbeat_interval (5 s) the same fan-out runs "
-            f"{whatif['shipped_speedup']}x slower than shipped"
-        )
+    anchor_single = (anchor or {}).get("single_task", {}).get("queued_to_success_s", {}).get("p50")
     rows.append(
         {
             "id": "noop_queued_to_success_p50",
@@ -196,10 +283,13 @@ def targets(section: dict, whatif: dict | None) -> list[dict]:
             "unit": "s",
             "target": "<= 0.3 s",
             "met": None if single is None else single <= 0.3,
+            "note": f"plain Airflow {anchor_single} s" if anchor_single is not None else "",
             "blocker": "process start of the supervisor and the task, and its Execution API calls",
         }
     )
-    thousand = next((f for f in fanouts if f["n"] == 1000), None)
+    biggest = max(section["fanouts"], key=lambda f: f["n"])
+    thousand = _fanout_of(section, 1000)
+    anchor_thousand = _fanout_of(anchor, 1000)
     if thousand is None:
         rows.append(
             {
@@ -210,64 +300,146 @@ def targets(section: dict, whatif: dict | None) -> list[dict]:
                 "unit": "s",
                 "target": "<= 60 s",
                 "met": None,
-                "note": f"full mode only; projected from n={biggest['n']}: {biggest['wall_per_1000_tasks_s']} s",
+                "note": "full mode only",
             }
         )
     else:
-        value = thousand["wall_s"] if thousand["completed"] else thousand["projected_wall_s"]
+        value = thousand["wall_s"] if thousand["completed"] else None
+        error = thousand.get("status") == "error"
         rows.append(
             {
                 "id": "noop_1000_wall",
                 "benchmark": "orchestration",
                 "figure": "1,000-task no-op fan-out"
-                + (
-                    "" if thousand["completed"] else f" (projected: {thousand['tasks_done']} done in the cap)"
-                ),
+                + ("" if thousand["completed"] else f": {_wall_text(thousand)}"),
                 "value": value,
                 "unit": "s",
+                # A fan-out stopped at a cap no longer than the target missed it: that is measured.
                 "target": "<= 60 s",
-                "met": value is not None and value <= 60,
-                "blocker": blocker,
+                "met": value <= 60 if value is not None else (False if thousand["cap_s"] <= 60 else None),
+                "note": f"plain Airflow: {_wall_text(anchor_thousand)}",
+                "blocker": "" if error else _blocker(biggest, section),
+                **({"status": "error"} if error else {}),
+            }
+        )
+    for fanout in section["fanouts"]:
+        if fanout["n"] != 1000 and fanout.get("status") == "error":
+            rows.append(
+                {
+                    "id": f"noop_{fanout['n']}_wall",
+                    "benchmark": "orchestration",
+                    "figure": f"no-op x{fanout['n']} fan-out: {_wall_text(fanout)}",
+                    "value": None,
+                    "unit": "s",
+                    "target": "completes",
+                    "met": None,
+                    "status": "error",
+                }
+            )
+    burst = section.get("burst")
+    if burst:
+        sqlite = (database or {}).get("burst")
+        rows.append(
+            {
+                "id": "burst_errors",
+                "benchmark": "orchestration",
+                "figure": f"{burst['requests']} concurrent trigger/unpause requests: failed answers",
+                "value": burst["errors"],
+                "unit": "",
+                "target": "0",
+                "met": burst["errors"] == 0,
+                "note": f"p95 {burst['latency_s']['p95']} s"
+                + (
+                    f"; on SQLite {sqlite['errors']} failed, p95 {sqlite['latency_s']['p95']} s"
+                    if sqlite
+                    else ""
+                ),
+                "blocker": "; ".join(burst["error_examples"]),
             }
         )
     return rows
 
 
+def _blocker(fanout: dict, section: dict) -> str:
+    if fanout.get("status") == "error":
+        return ""
+    hold = fanout["worker_hold_s"]
+    cpu = fanout["stack_cpu_s_per_task"]
+    return (
+        f"each task holds its worker p50 {hold['p50']} s / p95 {hold['p95']} s although it runs "
+        f"{fanout['start_to_end_s']['p50']} s; the stack spends {cpu} CPU-s per task ({_by_component(fanout)})"
+        + (
+            f", so {fanout['n']:,} tasks need {fanout['n'] * cpu / section['parallelism']:.0f} s of all "
+            f"{section['parallelism']} cores even with no waiting"
+            if cpu
+            else ""
+        )
+    )
+
+
 def _by_component(fanout: dict) -> str:
     """'scheduler (its workers and tasks) 0.31, api-server 0.12, ...' CPU-s per task."""
     parts = sorted(fanout["stack_cpu_s_per_task_by_component"].items(), key=lambda kv: -(kv[1] or 0))
-    return ", ".join(
-        f"{'scheduler with its workers and tasks' if name == 'scheduler' else name} {cpu}"
-        for name, cpu in parts
-    )
+    return ", ".join(f"{name} {cpu}" for name, cpu in parts)
 
 
-def _pct(value: float | None) -> str:
-    return "?" if value is None else f"{value * 100:.0f} %"
-
-
-def figures(section: dict) -> list[tuple[str, str]]:
-    """Informative lines for the table: per-size walls and per-task percentiles."""
+def figures(section: dict, anchor: dict | None = None, database: dict | None = None) -> list[tuple[str, str]]:
+    """Informative lines for the table: per-size walls, per-task percentiles, CPU by component."""
     rows = []
-    for fanout in section["fanouts"]:
-        label = f"no-op x{fanout['n']}" + ("" if fanout["completed"] else " (capped)")
+    for label, sec in (("fanout", section), ("plain Airflow", anchor)):
+        if not sec:
+            continue
+        for fanout in sec["fanouts"]:
+            rows.append((f"{label}: no-op x{fanout['n']}", _fanout_text(fanout)))
+        single = sec["single_task"]
         rows.append(
             (
-                f"{label}: wall per 1,000 tasks",
-                f"{fanout['wall_per_1000_tasks_s']} s; queued→start p50/p95 "
-                f"{fanout['queued_to_start_s']['p50']}/{fanout['queued_to_start_s']['p95']} s; "
-                f"start→end {fanout['start_to_end_s']['p50']}/{fanout['start_to_end_s']['p95']} s; "
-                f"worker held {fanout['worker_hold_s']['p50']}/{fanout['worker_hold_s']['p95']} s; "
-                f"{fanout['stack_cpu_s_per_task']} CPU-s/task ({_by_component(fanout)})",
+                f"{label}: single no-op task",
+                f"queued→start {single['queued_to_start_s']['p50']} s, start→end {single['start_to_end_s']['p50']} s",
             )
         )
-    floor = section["pool_map_floor"]
-    rows.append((f"Pool.map floor x{floor['n']}", f"{floor['per_task_ms']} ms per task"))
-    single = section["single_task"]
-    rows.append(
-        (
-            "single no-op task",
-            f"queued→start {single['queued_to_start_s']['p50']} s, start→end {single['start_to_end_s']['p50']} s",
+        burst = sec.get("burst")
+        if burst:
+            rows.append((f"{label}: burst of {burst['requests']} requests", _burst_text(burst)))
+    if database:
+        rows.append(
+            (
+                f"fanout on {database['database']}: no-op x{database['fanout']['n']}",
+                _fanout_text(database["fanout"]),
+            )
         )
-    )
+        rows.append(
+            (
+                f"fanout on {database['database']}: burst of {database['burst']['requests']} requests",
+                _burst_text(database["burst"]),
+            )
+        )
+    floor = section.get("pool_map_floor")
+    if floor:
+        rows.append((f"Pool.map floor x{floor['n']}", f"{floor['per_task_ms']} ms per task"))
     return rows
+
+
+def _fanout_text(fanout: dict) -> str:
+    if fanout.get("status") == "error":
+        return f"error: {fanout['reason']}"
+    head = (
+        f"{fanout['wall_per_1000_tasks_s']} s per 1,000 tasks"
+        if fanout["completed"]
+        else f"not done within the {fanout['cap_s']:g} s cap ({_reached_text(fanout['reached'])})"
+    )
+    return (
+        f"{head}; queued→start p50/p95 {fanout['queued_to_start_s']['p50']}/{fanout['queued_to_start_s']['p95']} s; "
+        f"start→end {fanout['start_to_end_s']['p50']}/{fanout['start_to_end_s']['p95']} s; "
+        f"worker held {fanout['worker_hold_s']['p50']}/{fanout['worker_hold_s']['p95']} s; "
+        f"{fanout['stack_cpu_s_per_task']} CPU-s/task ({_by_component(fanout)}); "
+        f"other processes' load {fanout['other_load_cores']} cores"
+    )
+
+
+def _burst_text(burst: dict) -> str:
+    text = (
+        f"{burst['errors']} failed; latency p50 {burst['latency_s']['p50']} s, p95 {burst['latency_s']['p95']} s, "
+        f"max {burst['latency_s']['max']} s"
+    )
+    return text + (f" ({burst['error_examples'][0]})" if burst["error_examples"] else "")

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import dask_overhead, kernels, kubernetes, memory, orchestration, parse_time, speedup
+from bench import dask_overhead, kernels, kubernetes, memory, orchestration, parse_time, speedup, task_start
 from bench.common import BENCH_DIR
 
 README = BENCH_DIR / "README.md"
@@ -20,6 +20,7 @@ SECTIONS: dict[str, tuple[Callable | None, Callable | None]] = {
     "speedup": (speedup.targets, speedup.figures),
     "orchestration": (None, orchestration.figures),
     "parse": (parse_time.targets, parse_time.figures),
+    "task_start": (task_start.targets, task_start.figures),
     "dask": (dask_overhead.targets, dask_overhead.figures),
     "kernels": (None, kernels.figures),
     "kubernetes": (None, kubernetes.figures),
@@ -35,7 +36,9 @@ def collect_targets(results: dict) -> list[dict]:
         if section.get("status") != "ok":
             continue
         if name == "orchestration":
-            rows += orchestration.targets(section, sections.get("orchestration_whatif"))
+            rows += orchestration.targets(
+                section, _ok(sections, "orchestration_anchor"), _ok(sections, "orchestration_database")
+            )
         elif targets:
             rows += targets(section)
     limit = RUNTIME_LIMIT_S[results["mode"]]
@@ -54,6 +57,11 @@ def collect_targets(results: dict) -> list[dict]:
     return rows
 
 
+def _ok(sections: dict, name: str) -> dict | None:
+    section = sections.get(name) or {}
+    return section if section.get("status") == "ok" else None
+
+
 def _value(row: dict) -> str:
     value = row["value"]
     if value is None:
@@ -65,6 +73,8 @@ def _value(row: dict) -> str:
 
 
 def _status(row: dict) -> str:
+    if row.get("status") == "error":
+        return "**error**"
     return {True: "met", False: "**missed**", None: "n/a"}[row["met"]]
 
 
@@ -93,17 +103,15 @@ def markdown(results: dict) -> str:
         if status != "ok":
             lines.append(f"| {name} | {status or 'not run'} | {section.get('reason', '')} |")
             continue
-        rows = figures(section) if figures else []
-        if name == "orchestration" and (sections.get("orchestration_whatif") or {}).get("status") == "ok":
-            whatif = sections["orchestration_whatif"]
-            rows.append(
-                (
-                    f"no-op x{whatif['fanout']['n']} with Airflow's default min_heartbeat_interval (5 s)",
-                    f"{whatif['fanout']['wall_per_1000_tasks_s']} s per 1,000 tasks "
-                    f"(shipped 1 s is {whatif['shipped_speedup']}x faster); worker held p50/p95 "
-                    f"{whatif['fanout']['worker_hold_s']['p50']}/{whatif['fanout']['worker_hold_s']['p95']} s",
-                )
+        if name == "orchestration":
+            rows = orchestration.figures(
+                section, _ok(sections, "orchestration_anchor"), _ok(sections, "orchestration_database")
             )
+            for extra in ("orchestration_anchor", "orchestration_database"):
+                if (sections.get(extra) or {}).get("status") == "error":
+                    rows.append((extra, f"error: {sections[extra]['reason']}"))
+        else:
+            rows = figures(section) if figures else []
         lines += [f"| {name} | {figure} | {value} |" for figure, value in rows]
     misses = [row for row in results["targets"] if row["met"] is False and row.get("blocker")]
     if misses:

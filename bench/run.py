@@ -1,10 +1,12 @@
 """The benchmark run: every benchmark in order, the result JSON and the markdown table.
 
-Order matters for noise and time: benchmarks without Airflow first (parse, kernels, Dask, the
-Pool.map floors), then one stack with every core (orchestration, the demo-like pipeline for
-memory, the parallel fan-outs, preprocessing through Dask), one with parallelism 1 (the sequential
-render fan-out; preprocessing is measured against pandas instead), the
-side-by-side what-if, and the KubernetesExecutor on the local cluster harness.
+Order matters for noise and time: benchmarks without Airflow first (parse, task start, kernels,
+Dask, the Pool.map floors), then one stack with every core (orchestration, the demo-like pipeline
+for memory, the parallel fan-outs, preprocessing through Dask), one with parallelism 1 (the
+sequential render fan-out; preprocessing is measured against pandas instead), plain Airflow with
+the same settings (the anchor of the orchestration figures), the same stack on the other database
+(SQLite; full mode), and the KubernetesExecutor on the local cluster harness. Only the stack with
+every core runs Dask: the others run no preprocessing.
 """
 
 from __future__ import annotations
@@ -27,17 +29,10 @@ from bench import (
     parse_time,
     report,
     speedup,
+    task_start,
 )
 from bench.common import CPUS, RESULTS_DIR, log_to_stderr, run_section
-from bench.stack import (
-    AIRFLOW_DEFAULT_HEARTBEAT_INTERVAL_S,
-    SHIPPED_HEARTBEAT_INTERVAL_S,
-    bench_stack,
-    dag_processor_durations,
-)
-
-# The stack ships min_heartbeat_interval=1; the what-if measures Airflow's own default beside it.
-WHATIF_OVERRIDES = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": f"{AIRFLOW_DEFAULT_HEARTBEAT_INTERVAL_S:g}"}
+from bench.stack import SHIPPED_HEARTBEAT_INTERVAL_S, bench_stack, dag_processor_durations
 
 
 def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> dict:
@@ -54,6 +49,7 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
     sections = results["sections"]
 
     sections["parse"] = run_section("parse", lambda: parse_time.run(sizes.repeats), log)
+    sections["task_start"] = run_section("task start", lambda: task_start.run(sizes.repeats), log)
     sections["kernels"] = run_section(
         "kernels", lambda: kernels.run(sizes.kernel_seconds, sizes.kernel_policies), log
     )
@@ -119,24 +115,34 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
         phase("stack, parallelism 1", sequential)
 
         orchestration_section = sections.get("orchestration") or {}
-        whatif_fanouts: dict[str, dict] = {}
+        if sizes.anchor and orchestration_section.get("status") == "ok":
+
+            def anchor() -> dict:
+                with bench_stack(
+                    CPUS, sizes.stack_overrides, artifact_root=artifact_root, plain=True, dask=False
+                ) as stack:
+                    log(f"   plain Airflow with parallelism {CPUS} up in {stack.started_s:.1f} s")
+                    return orchestration.run(stack, sizes, floor=False)
+
+            sections["orchestration_anchor"] = run_section(
+                "orchestration, plain Airflow (anchor)", anchor, log
+            )
+
         if sizes.whatif_noop and orchestration_section.get("status") == "ok":
+            shipped = orchestration_section["database"]
+            other = "sqlite" if shipped == "postgres" else "postgres"
 
-            def whatif() -> dict:
-                with bench_stack(CPUS, WHATIF_OVERRIDES, artifact_root=artifact_root) as stack:
-                    section = orchestration.whatif_section(
-                        stack, sizes.whatif_noop, sizes.noop_cap_s, orchestration_section
-                    )
-                    for name in sizes.whatif_fanouts:
-                        log(f"-- {name} fan-out, parallelism {CPUS}, {WHATIF_OVERRIDES}")
-                        whatif_fanouts[name] = speedup.airflow_fanout(stack, name, sizes)
-                    return section
+            def database() -> dict:
+                with bench_stack(
+                    CPUS, sizes.stack_overrides, artifact_root=artifact_root, database=other, dask=False
+                ) as stack:
+                    log(f"   stack on {other} up in {stack.started_s:.1f} s")
+                    return orchestration.database_whatif(stack, sizes)
 
-            sections["orchestration_whatif"] = run_section("orchestration what-if", whatif, log)
+            sections["orchestration_database"] = run_section(f"orchestration on {other}", database, log)
 
     sections["speedup"] = _speedup_section(fanouts, failures)
     if sections["speedup"]["status"] == "ok":
-        sections["speedup"]["whatif"] = whatif_fanouts
         sections["speedup"]["min_heartbeat_interval_s"] = float(
             sizes.stack_overrides.get(
                 "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", SHIPPED_HEARTBEAT_INTERVAL_S
@@ -147,7 +153,7 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
         (
             f
             for f in orchestration_section.get("fanouts", [])
-            if f["n"] == sizes.kubernetes_noop and f["completed"]
+            if f["n"] == sizes.kubernetes_noop and f["completed"] and f.get("status") != "error"
         ),
         None,
     )
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not args.no_readme:
         report.update_readme(table, out)
     errors = [name for name, s in results["sections"].items() if s.get("status") == "error"]
+    errors += [row["figure"] for row in results["targets"] if row.get("status") == "error"]
     if errors:
         log_to_stderr(f"benchmarks that failed: {', '.join(errors)}")
     return 1 if errors else 0

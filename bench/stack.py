@@ -2,6 +2,8 @@
 
 The DAGs folder is assembled per stack from ``dags/`` (the product) and ``bench/dags/`` (the
 no-op fan-out), so one stack serves every benchmark. Artifacts go to a temporary directory.
+``plain=True`` is the anchor: the same settings, but Airflow's own LocalExecutor, no plugins and
+only the no-op DAG, i.e. plain Airflow.
 """
 
 from __future__ import annotations
@@ -20,8 +22,17 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import BENCH_DIR, PROJECT_ROOT, CpuSnapshot, cpu_snapshot, other_load, rnd, ts
-from fanout.localstack import AirflowClient, AirflowError, AirflowStack
+from bench.common import (
+    BENCH_DIR,
+    PROJECT_ROOT,
+    CpuSnapshot,
+    cpu_snapshot,
+    log_to_stderr,
+    other_load,
+    rnd,
+    ts,
+)
+from fanout.localstack import LOCAL_EXECUTOR, AirflowClient, AirflowError, AirflowStack
 
 PRODUCT_DAGS = ("fanout_preprocess", "fanout_train", "fanout_render")
 AIRFLOW_DEFAULT_HEARTBEAT_INTERVAL_S = 5.0  # Airflow's own [workers] min_heartbeat_interval
@@ -30,12 +41,13 @@ BENCH_DAGS = ("bench_noop",)
 
 
 def _stack_sessions() -> list[int]:
-    """Session ids of the stack's components.
+    """Session ids of the stack's components (PostgreSQL included).
 
     ``AirflowStack`` starts each component with ``start_new_session``, so they are the children
     of this process that lead their own session. Task processes move to their own process
     group (the supervisor calls ``setpgid``) but stay in the session, so sessions, not groups,
-    find every Airflow process.
+    find every Airflow process. PostgreSQL's backends start sessions of their own: they are
+    found as children of the postmaster.
     """
     leaders = []
     for child in psutil.Process().children():
@@ -45,6 +57,13 @@ def _stack_sessions() -> list[int]:
         except ProcessLookupError:
             continue
     return leaders
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 @dataclass
@@ -69,6 +88,8 @@ def _component(leader: int) -> str:
     for name in ("api-server", "api_server", "dag-processor", "dag_processor", "scheduler", "triggerer"):
         if name in cmdline:
             return name.replace("_", "-")
+    if "postgres" in cmdline:
+        return "postgres"
     return str(leader)
 
 
@@ -107,24 +128,47 @@ class ProcessMonitor:
         sessions = set(_stack_sessions())
         rss, count = 0, 0
         by_session: dict[int, float] = dict.fromkeys(sessions, 0.0)
+        loop: dict[int, float] = {}
         seen = set()
+        # PostgreSQL's backends lead sessions of their own: count them with their postmaster.
+        adopted = {
+            child: sid
+            for sid in sessions
+            if names.setdefault(sid, _component(sid)) == "postgres"
+            for child in _children(sid)
+        }
         for pid in psutil.pids():
             try:
                 sid = os.getsid(pid)
                 if sid not in sessions:
-                    continue
+                    sid = adopted.get(pid, sid)
+                    if sid not in sessions:
+                        continue
                 proc = cache.get(pid) or cache.setdefault(pid, psutil.Process(pid))
                 with proc.oneshot():
                     times = proc.cpu_times()
                     rss += proc.memory_info().rss
                 by_session[sid] += times.user + times.system + times.children_user + times.children_system
+                if pid == sid:
+                    loop[sid] = times.user + times.system  # the component's own process, children aside
                 count += 1
                 seen.add(pid)
             except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied, PermissionError):
                 continue
         for pid in set(cache) - seen:
             del cache[pid]
-        by_component = {names.setdefault(sid, _component(sid)): cpu for sid, cpu in by_session.items()}
+        by_component: dict[str, float] = {}
+        for sid, cpu in by_session.items():
+            name = names.setdefault(sid, _component(sid))
+            if name == "scheduler" and sid in loop:
+                # The scheduler's own loop, and its LocalExecutor workers with their task processes
+                # (a task's CPU time moves into its worker's children times when it is reaped).
+                by_component["scheduler loop"] = by_component.get("scheduler loop", 0.0) + loop[sid]
+                by_component["workers and tasks"] = (
+                    by_component.get("workers and tasks", 0.0) + cpu - loop[sid]
+                )
+            else:
+                by_component[name] = by_component.get(name, 0.0) + cpu
         return Sample(time.monotonic(), rss, sum(by_session.values()), count, by_component, cpu_snapshot())
 
     def window(self, start: float, end: float) -> dict:
@@ -161,6 +205,8 @@ class BenchStack:
     parallelism: int
     started_s: float
     overrides: dict[str, str]
+    plain: bool = False
+    """The anchor: plain Airflow with the same settings."""
 
     @property
     def logs(self) -> Path:
@@ -193,10 +239,11 @@ def _finished_run(bench: BenchStack, dag_id: str, run: dict, began: float, ended
     }
 
 
-def _dags_folder(home: Path) -> Path:
+def _dags_folder(home: Path, plain: bool = False) -> Path:
     folder = home / "dags"
     folder.mkdir(parents=True, exist_ok=True)
-    for source in (*sorted((PROJECT_ROOT / "dags").glob("*.py")), *sorted((BENCH_DIR / "dags").glob("*.py"))):
+    product = [] if plain else sorted((PROJECT_ROOT / "dags").glob("*.py"))
+    for source in (*product, *sorted((BENCH_DIR / "dags").glob("*.py"))):
         shutil.copy2(source, folder / source.name)
     return folder
 
@@ -209,6 +256,8 @@ def bench_stack(
     task_cpus: int | None = None,
     artifact_root: Path | None = None,
     dask: bool = True,
+    plain: bool = False,
+    database: str | None = None,
 ) -> Generator[BenchStack, None, None]:
     """Start a stack for benchmarks, wait for every DAG, stop it and remove its files at the end.
 
@@ -217,7 +266,8 @@ def bench_stack(
 
     ``task_cpus=1`` pins every task to one thread, so that a speedup measures the fan-out alone
     (the stack would give a task cores/parallelism threads). ``artifact_root`` lets stacks and
-    ``Pool.map`` share pre-generated inputs; by default each stack has its own.
+    ``Pool.map`` share pre-generated inputs; by default each stack has its own. ``plain`` starts
+    the anchor (plain Airflow, same settings); ``database`` overrides the shipped database.
     """
     workdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
     if artifact_root is None:
@@ -234,11 +284,19 @@ def bench_stack(
     }
     if task_cpus:
         env["FANOUT_TASK_CPUS"] = str(task_cpus)
+    if plain:
+        no_plugins = workdir / "no-plugins"
+        no_plugins.mkdir()
+        env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(no_plugins)
     stack = AirflowStack(
         home=workdir / "home",
-        dags_folder=_dags_folder(workdir),
+        dags_folder=_dags_folder(workdir, plain),
         parallelism=parallelism,
         extra_env=env,
+        executor="LocalExecutor" if plain else LOCAL_EXECUTOR,
+        database=database,
+        ephemeral=True,
+        report=log_to_stderr,
         dask=dask,
     )
     monitor = ProcessMonitor()
@@ -246,7 +304,10 @@ def bench_stack(
     try:
         client = stack.start()  # inside the try: a component that dies at start leaves the others up
         monitor.start()
-        _prepare(client, stack)
+        if plain:
+            client.wait_for_dags(list(BENCH_DAGS))
+        else:
+            _prepare(client, stack)
         yield BenchStack(
             stack,
             client,
@@ -255,6 +316,7 @@ def bench_stack(
             parallelism,
             time.monotonic() - began,
             dict(overrides or {}),
+            plain,
         )
     finally:
         monitor.stop()

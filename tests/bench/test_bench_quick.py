@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("parse", "kernels", "dask", "speedup", "orchestration", "memory", "kubernetes")
+SECTIONS = (
+    "parse",
+    "task_start",
+    "kernels",
+    "dask",
+    "speedup",
+    "orchestration",
+    "orchestration_anchor",
+    "memory",
+    "kubernetes",
+)
 TARGET_IDS = {
     "render_speedup",
     "render_efficiency",
@@ -24,6 +34,7 @@ TARGET_IDS = {
     "preprocess_vs_pool",
     "noop_queued_to_success_p50",
     "noop_1000_wall",
+    "burst_errors",
     "dask_vs_pandas",
     "dask_returned_bytes",
     "peak_memory",
@@ -75,9 +86,31 @@ def test_every_target_is_reported_with_value_and_verdict(quick_run):
     by_id = {row["id"]: row for row in result["targets"]}
     assert by_id.keys() >= TARGET_IDS
     assert any(key.startswith("parse_") for key in by_id)
+    assert any(key.startswith("task_start_") for key in by_id)
     for row in result["targets"]:
         assert {"figure", "value", "unit", "target", "met"} <= row.keys(), row
         assert row["met"] in (True, False, None), row
+
+
+def test_the_anchor_is_plain_airflow_beside_every_orchestration_figure(quick_run):
+    result, stdout = quick_run
+    shipped, anchor = result["sections"]["orchestration"], result["sections"]["orchestration_anchor"]
+    assert shipped["stack"] == "fanout" and anchor["stack"] == "plain Airflow (anchor)"
+    assert [f["n"] for f in anchor["fanouts"]] == [f["n"] for f in shipped["fanouts"]]
+    assert "plain Airflow: no-op x" in stdout
+
+
+def test_a_fan_out_stopped_at_its_cap_reports_what_it_reached_not_a_projection(quick_run):
+    """Quick mode gives one fan-out (40 no-ops) 2 s: too little to finish on any machine."""
+    result, _ = quick_run
+    probe = result["sections"]["orchestration"]["capped_probe"]
+    assert not probe["completed"]
+    assert probe["wall_s"] is None and probe["wall_per_1000_tasks_s"] is None
+    reached = probe["reached"]
+    assert reached["expanded"] in (0, 40) and reached["done"] == probe["tasks_done"] < 40
+    assert reached["done"] <= reached["started"] <= reached["queued"] <= reached["expanded"]
+    if probe["tasks_done"] == 0:
+        assert probe["status"] == "error" and "reached" in probe["reason"]
 
 
 def test_the_table_is_printed(quick_run):
