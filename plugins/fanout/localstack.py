@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -103,8 +104,9 @@ class AirflowStack:
     dask_cluster: LocalDaskCluster | None = field(default=None, init=False, repr=False)
     supervise: bool = True
     """Restart a component that dies after the stack is up (with backoff, reported)."""
-    ephemeral: bool = False
-    """Remove the database with the stack (tests, benchmarks), even if our process is killed."""
+    ephemeral: bool | None = None
+    """Remove the database with the stack, even if our process is killed; None: when the home is
+    in the temporary directory (tests, benchmarks), not for ``make up``'s ``.airflow``."""
     report: Callable[[str], None] = _to_stderr
     supervisor: Supervisor = field(init=False, repr=False)
     _reaper: Reaper | None = field(default=None, init=False, repr=False)
@@ -124,6 +126,8 @@ class AirflowStack:
             self.dask_cluster = LocalDaskCluster(
                 self.home / "dask", workers=self.dask_workers, env=self.extra_env
             )
+        if self.ephemeral is None:
+            self.ephemeral = self.home.is_relative_to(Path(tempfile.gettempdir()).resolve())
         if self.database is None:
             from fanout.settings import settings
 
@@ -329,7 +333,7 @@ class AirflowStack:
                 log=self._log(name),
                 # LocalExecutor workers of a dead scheduler keep supervising their tasks; they are
                 # ended once idle (their title then ends in "<idle>").
-                drains="<idle>" if name == "scheduler" else None,
+                drains="<idle>" if name == "scheduler" and "LocalExecutor" in self.executor else None,
             )
         )
 
