@@ -19,10 +19,16 @@ So this executor adopts every orphaned task instance instead:
   try number (this executor accepts the revocation the LocalExecutor refuses).
 
 The local stack sets those timeouts to local-machine scale (``fanout.localstack``).
+
+It also imports, before it forks its workers, what every task process would otherwise import
+anew after the fork: Airflow's ``@task`` machinery (imported on a DAG file's first decorator)
+and fanout's DAG-time modules (``fanout.dagkit`` and what it uses). Each task process is forked
+from a worker, so it starts with them (``bench/README.md``, task start).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -34,6 +40,24 @@ if TYPE_CHECKING:
 
 class FanoutLocalExecutor(LocalExecutor):
     """LocalExecutor + adoption of a dead scheduler's task instances + revoking stuck ones."""
+
+    preload: tuple[str, ...] = (
+        "airflow.providers.standard.decorators.python",
+        "airflow.sdk.definitions.decorators.setup_teardown",
+        "fanout.dagkit",
+        "fanout.pools",
+        "fanout.keys",
+        "fanout.storage",
+    )
+    """Light modules every task's DAG parse imports; never workload libraries (torch, pandas)."""
+
+    def start(self) -> None:
+        for module in self.preload:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # a task will meet the same error and report it; we must run
+                self.log.warning("Could not preload %s for task processes: %s", module, exc)
+        super().start()
 
     def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
         for ti in tis:
