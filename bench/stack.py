@@ -52,9 +52,9 @@ def _stack_sessions() -> list[int]:
     leaders = []
     for child in psutil.Process().children():
         try:
-            if os.getsid(child.pid) == child.pid:
-                leaders.append(child.pid)
-        except ProcessLookupError:
+            if os.getsid(child.pid) == child.pid and "fanout.supervise" not in " ".join(child.cmdline()):
+                leaders.append(child.pid)  # not the reaper: it leads a session too, and only waits
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return leaders
 
