@@ -1,11 +1,13 @@
-"""Chaos through the real scheduler: ``kill -9`` of the scheduler mid-run and of task processes.
+"""Chaos through the real scheduler: ``kill -9`` of the scheduler and api-server mid-run, and of
+task processes.
 
 One pipeline trigger (the same params as the session's undisturbed ``pipeline``) while this test
 kills, with SIGKILL: a running preprocessing shard's task process; the scheduler, while the
-training trials run; a running render chunk's task process. Nobody clears or retries anything.
-Every DAG run must end in success, each killed task process must cost its task exactly one try,
-the scheduler's death no try at all, and every output file must equal the undisturbed run's,
-byte for byte, once each run's own id is set aside where a file names its own run's paths.
+training trials run; a running render chunk's task process, then the api-server while the other
+chunks run. Nobody clears or retries anything. Every DAG run must end in success, each killed
+task process must cost its task exactly one try, the components' deaths no try at all, and every
+output file must equal the undisturbed run's, byte for byte, once each run's own id is set aside
+where a file names its own run's paths.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from datetime import UTC, datetime
 
 from fanout.demo import PIPELINE
+from fanout.localstack import AirflowError
 from fanout.storage import safe_key
 from fanout.supervise import cmdline
 from tests.e2e.test_local_pipeline import _process_of
@@ -38,10 +41,19 @@ class Chaos:
         self.killed_tasks: dict[str, tuple[str, int]] = {}  # dag_id -> (task_id, map_index)
         self.running_at_scheduler_kill: set[tuple[str, int]] = set()
         self.scheduler_killed = False
+        self.api_server_killed = False
 
     def __call__(self, dag_id: str, tis: list[dict]) -> None:
         running = [ti for ti in tis if ti["state"] == "running" and ti["map_index"] >= 0]
         victim_task = VICTIMS[dag_id]
+        if dag_id == "fanout_render" and dag_id in self.killed_tasks and not self.api_server_killed:
+            survivors = [
+                ti for ti in running if (ti["task_id"], ti["map_index"]) != self.killed_tasks[dag_id]
+            ]
+            if survivors:  # tasks that must ride out the api-server's restart
+                os.kill(self.stack.supervisor.pid("api-server"), signal.SIGKILL)
+                self.api_server_killed = True
+            return
         if victim_task is None:
             if not self.scheduler_killed and running:
                 self.running_at_scheduler_kill = {(ti["task_id"], ti["map_index"]) for ti in running}
@@ -69,13 +81,30 @@ def _run_pipeline_with(client, chaos: Chaos, timeout: float = 900) -> dict[str, 
     run_id = client.trigger(PIPELINE[0], {})
     for index, dag_id in enumerate(PIPELINE):
         if index:
-            run_id = client.wait_triggered_run(dag_id, after=started, timeout=600)
-        run = client.wait_run(
-            dag_id, run_id, timeout=timeout, on_poll=lambda _run, tis, d=dag_id: chaos(d, tis), interval=0.3
-        )
+            run_id = _patiently(lambda d=dag_id: client.wait_triggered_run(d, after=started, timeout=600))
+        deadline = time.monotonic() + timeout
+        while True:
+            run = _patiently(lambda d=dag_id, r=run_id: client.dag_run(d, r))
+            chaos(dag_id, _patiently(lambda d=dag_id, r=run_id: client.task_instances(d, r)))
+            if run["state"] in ("success", "failed"):
+                break
+            assert time.monotonic() < deadline, (dag_id, run_id, run["state"])
+            time.sleep(0.3)
         runs[dag_id] = run_id
         assert run["state"] == "success", (dag_id, run_id, run["state"])
     return runs
+
+
+def _patiently(call, outage: float = 180):
+    """``call()``, retried while the api-server is down (it is restarted by the stack's supervisor)."""
+    deadline = time.monotonic() + outage
+    while True:
+        try:
+            return call()
+        except (OSError, AirflowError) as exc:  # refused, reset, timed out, or 5xx while starting
+            if time.monotonic() > deadline or (isinstance(exc, AirflowError) and "HTTP 4" in str(exc)):
+                raise
+            time.sleep(1)
 
 
 def _outputs(store, dag_id: str, run_id: str) -> dict[str, object]:
@@ -136,7 +165,9 @@ def _canonical(obj, key: str = "", siblings: dict | None = None):
     return obj
 
 
-def test_scheduler_and_task_kills_cost_no_extra_try_and_change_no_output(airflow, pipeline, store):
+def test_killing_scheduler_api_server_and_tasks_costs_no_extra_try_and_changes_no_output(
+    airflow, pipeline, store
+):
     stack, client = airflow
     restarts_before = len(stack.supervisor.restarts)
     chaos = Chaos(stack, random.Random(13))
@@ -144,8 +175,12 @@ def test_scheduler_and_task_kills_cost_no_extra_try_and_change_no_output(airflow
     runs = _run_pipeline_with(client, chaos)
 
     assert chaos.scheduler_killed, "the training trials never ran while this test watched"
+    assert chaos.api_server_killed, "no render chunk ran after the first was killed"
     assert chaos.killed_tasks.keys() == {"fanout_preprocess", "fanout_render"}, chaos.killed_tasks
-    assert [r[:2] for r in stack.supervisor.restarts[restarts_before:]] == [("scheduler", -signal.SIGKILL)]
+    assert [r[:2] for r in stack.supervisor.restarts[restarts_before:]] == [
+        ("scheduler", -signal.SIGKILL),
+        ("api-server", -signal.SIGKILL),
+    ]
 
     for dag_id, run_id in runs.items():
         for ti in client.task_instances(dag_id, run_id):
