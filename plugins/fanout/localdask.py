@@ -12,28 +12,37 @@ autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``), the process
 session share one CPU share, and two workers of one ``--nworkers 2`` command would get no more
 CPU than one on a busy machine.
 
-It also does what Kubernetes does for the chart's Deployments: a supervisor thread restarts
-the scheduler or a worker command when it exits (a crash, a ``kill -9``), on the same
-addresses; workers whose scheduler went away exit and come back with it.
+It also does what Kubernetes does for the chart's Deployments: the scheduler and each worker
+command are components of a ``fanout.supervise.Supervisor``, restarted with backoff when they
+exit (a crash, a ``kill -9``), on the same addresses, and said; workers whose scheduler went away
+exit and come back with it. Within ``fanout.localstack.AirflowStack(dask=True)`` they are the
+stack's components, beside Airflow's (``make demo``, ``make up``, the end-to-end tests and the
+benchmarks): stopped with the stack, and ended by its reaper even if the stack's owner is killed.
+On its own (unit tests, ``bench/``) the cluster has a supervisor and a reaper of its own.
 
-Used by ``fanout.localstack.AirflowStack(dask=True)`` (``make demo``, ``make up``, the
-end-to-end tests and the benchmarks), which gives every Airflow process
-``DASK_SCHEDULER_ADDRESS``.
+The stack gives every Airflow process ``DASK_SCHEDULER_ADDRESS``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fanout.compute import cgroup_cpu_limit
+from fanout.supervise import (
+    TAG_VARIABLE,
+    Component,
+    ComponentExited,
+    Reaper,
+    Supervisor,
+    is_zombie,
+    members_or_tagged,
+)
 
 HOST = "127.0.0.1"
 
@@ -71,12 +80,13 @@ class LocalDaskCluster:
     dashboard_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment of both commands (the artifact store's credentials, say)."""
-    restarts: dict[str, int] = field(default_factory=dict, init=False)
-    """Times the supervisor restarted each command: ``scheduler``, ``worker-0``, ..."""
-    _procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
-    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _supervisor: threading.Thread | None = field(default=None, init=False, repr=False)
+    report: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr, flush=True))
+    """Where a cluster of its own says that a command exited and is restarted."""
+    tag: str = field(default="", init=False)
+    """What every process of the running cluster carries as ``FANOUT_STACK_TAG`` (the reaper's key)."""
+    _supervisor: Supervisor | None = field(default=None, init=False, repr=False)
+    _own: tuple[Supervisor, Reaper] | None = field(default=None, init=False, repr=False)
+    """The supervisor and reaper of a cluster started on its own (not by a stack)."""
 
     def __post_init__(self) -> None:
         from fanout.localstack import free_port
@@ -130,42 +140,57 @@ class LocalDaskCluster:
             **{f"worker-{i}": [*worker, "--name", f"local-{i}"] for i in range(self.workers)},
         }
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, tag: str) -> dict[str, str]:
         plugins = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(
             p for p in (plugins, self.env.get("PYTHONPATH") or os.environ.get("PYTHONPATH")) if p
         )
-        return {**os.environ, **self.env, "PYTHONPATH": path}
+        return {**os.environ, **self.env, "PYTHONPATH": path, TAG_VARIABLE: tag}
+
+    def components(self, tag: str) -> list[Component]:
+        """The scheduler's and each worker's command as supervised components (``dask-<name>``)."""
+        env = self._env(tag)
+        return [
+            Component(
+                f"dask-{name}", argv, env=env, cwd=self.home, log=self.home / "logs" / f"dask-{name}.log"
+            )
+            for name, argv in self.commands().items()
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _spawn(self, name: str) -> None:
-        log_path = self.home / "logs" / f"dask-{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a") as log:
-            self._procs[name] = subprocess.Popen(
-                self.commands()[name],
-                env=self._env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # stop() ends the nannies and their workers with it
-                cwd=self.home,
-            )
+    def start(
+        self,
+        supervisor: Supervisor | None = None,
+        tag: str | None = None,
+        timeout: float = 120,
+        wait: bool = True,
+    ) -> None:
+        """Start the scheduler and the workers; return once every worker has joined (``wait``).
 
-    def start(self, timeout: float = 120) -> None:
-        """Start the scheduler and the workers; return once every worker has joined."""
+        ``supervisor`` and ``tag`` are a stack's (``fanout.localstack``): its supervisor restarts
+        them and its reaper, which finds processes by ``tag``, ends them. Without them the
+        cluster starts a supervisor and a reaper of its own, and watches at once. A stack passes
+        ``wait=False`` and calls ``wait_for_workers`` once Airflow is starting too.
+        """
         self.home.mkdir(parents=True, exist_ok=True)
-        self._stopping.clear()
-        for name in self.commands():
-            self.restarts[name] = 0
-            self._spawn(name)
+        if supervisor is None:
+            tag = uuid.uuid4().hex
+            reaper = Reaper(tag)
+            supervisor = Supervisor(report=self.report, on_start=reaper.watch)
+            self._own = (supervisor, reaper)
+        elif tag is None:
+            raise ValueError("a stack's supervisor comes with the stack's tag")
+        self._supervisor, self.tag = supervisor, tag
         try:
-            self.wait_for_workers(self.workers, timeout)
+            for component in self.components(tag):
+                supervisor.start(component)
+            if wait:
+                self.wait_for_workers(self.workers, timeout)
         except BaseException:
             self.stop()
             raise
-        self._supervisor = threading.Thread(target=self._supervise, name="dask-supervisor", daemon=True)
-        self._supervisor.start()
+        if self._own is not None:
+            supervisor.watch()
 
     def wait_for_workers(self, count: int, timeout: float = 120) -> None:
         from distributed import Client
@@ -185,38 +210,51 @@ class LocalDaskCluster:
                     ) from None
 
     def _check_started(self) -> None:
-        if self._supervisor is not None:
-            return  # restarts are the supervisor's business
-        for name, proc in self._procs.items():
-            if proc.poll() is not None:
-                log = self.home / "logs" / f"dask-{name}.log"
-                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
-                raise DaskClusterError(f"dask {name} exited with {proc.returncode}; see {log}:\n{tail}")
+        """While starting, a command that exits is a configuration error, not one to restart."""
+        try:
+            self._supervisor.check_started(f"dask-{name}" for name in self.commands())
+        except ComponentExited as exc:
+            raise DaskClusterError(f"dask: {exc}") from None
 
-    def _supervise(self) -> None:
-        while not self._stopping.wait(0.5):
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                for name, proc in list(self._procs.items()):
-                    if proc.poll() is not None:
-                        self.restarts[name] += 1
-                        self._spawn(name)
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Times each command (``scheduler``, ``worker-0``, ...) exited unasked and was restarted."""
+        counts = dict.fromkeys(self.commands(), 0)
+        for name, _status, _lived in self._supervisor.restarts if self._supervisor else ():
+            short = name.removeprefix("dask-")
+            if name.startswith("dask-") and short in counts:
+                counts[short] += 1
+        return counts
+
+    def processes(self) -> list[int]:
+        """Every live process of the cluster's commands, found by session as its reaper finds them
+        (Dask retitles its processes, which hides the tag in their environment); zombies are dead."""
+        if self._supervisor is None:
+            return []
+        sessions = [s for name in self.commands() for s in self._supervisor.sessions_of(f"dask-{name}")]
+        return [pid for pid in members_or_tagged(sessions, None) if not is_zombie(pid)]
 
     def pids(self) -> dict[str, int]:
         """Process ids of the scheduler's and of each worker's command (the worker's nanny)."""
-        return {name: proc.pid for name, proc in self._procs.items()}
+        if self._supervisor is None:
+            return {}
+        return {
+            name: pid for name in self.commands() if (pid := self._supervisor.pid(f"dask-{name}")) is not None
+        }
 
     def stop(self, grace: float = 10) -> None:
         """Stop the workers, then the scheduler, and every process they started."""
-        self._stopping.set()
-        with self._lock:
-            workers = [self._procs.pop(name) for name in list(self._procs) if name != "scheduler"]
-            _stop_groups(workers, grace)
-            _stop_groups([proc for proc in (self._procs.pop("scheduler", None),) if proc], grace)
-        if self._supervisor is not None:
-            self._supervisor.join(5)
-            self._supervisor = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is None:
+            return
+        if self._own is None:  # a stack's: it stops them with its other components, or now
+            for name in [n for n in self.commands() if n != "scheduler"] + ["scheduler"]:
+                supervisor.stop_component(f"dask-{name}", grace)
+            return
+        own_supervisor, reaper = self._own
+        self._own = None
+        own_supervisor.stop(grace)
+        reaper.close()
 
     def __enter__(self) -> LocalDaskCluster:
         self.start()
@@ -224,19 +262,3 @@ class LocalDaskCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _stop_groups(procs: list[subprocess.Popen], grace: float) -> None:
-    """SIGTERM the processes' groups, wait up to ``grace`` seconds, then SIGKILL what is left of them."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the leader may be gone, its nanny's worker not
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)

@@ -248,7 +248,8 @@ class AirflowStack:
         try:
             self._start_database()
             if self.dask_cluster is not None:
-                self.dask_cluster.start()
+                # Components of this stack: restarted by its supervisor, ended by its reaper.
+                self.dask_cluster.start(self.supervisor, self._tag, wait=False)
             # The simple auth manager keeps the password it finds in this file.
             self.password_file.write_text(json.dumps({ADMIN_USER: self._secrets()["admin_password"]}))
             self.migrate()
@@ -256,6 +257,8 @@ class AirflowStack:
             for name in self.components:
                 self.start_component(name, env)
             client = AirflowClient(self.base_url, ADMIN_USER, self._secrets()["admin_password"])
+            if self.dask_cluster is not None:
+                self.dask_cluster.wait_for_workers(self.dask_cluster.workers, timeout)
             self._wait_healthy(client, timeout)
         except BaseException:
             self.stop()
@@ -350,9 +353,9 @@ class AirflowStack:
 
     def stop(self) -> None:
         """Stop every component, then the database; the reaper ends whatever is left."""
-        self.supervisor.stop()
+        self.supervisor.stop()  # Dask's processes too: they are components of this stack
         if self.dask_cluster is not None:
-            self.dask_cluster.stop()  # after Airflow: no task is left to use it
+            self.dask_cluster.stop()
         if self._reaper is not None:
             self._reaper.close()
             self._reaper = None

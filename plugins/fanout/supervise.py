@@ -92,7 +92,7 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -111,19 +111,19 @@ def end_processes(find: Callable[[], list[int]], grace: float) -> list[int]:
 
     Returns the processes that needed SIGKILL. Zombies count as gone (their parent reaps them).
     """
-    alive = [pid for pid in find() if not _is_zombie(pid)]
+    alive = [pid for pid in find() if not is_zombie(pid)]
     if not alive:
         return []
     signal_all(alive, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        alive = [pid for pid in find() if not _is_zombie(pid)]
+        alive = [pid for pid in find() if not is_zombie(pid)]
         if not alive:
             return []
         time.sleep(0.1)
     killed: list[int] = []
     for _ in range(20):  # a process may fork while we look: sweep until nothing is left
-        alive = [pid for pid in find() if not _is_zombie(pid)]
+        alive = [pid for pid in find() if not is_zombie(pid)]
         if not alive:
             break
         signal_all(alive, signal.SIGKILL)
@@ -190,6 +190,7 @@ class Supervisor:
     """(component, exit status, seconds it had run) for every unasked exit, in order."""
     sessions: list[int] = field(default_factory=list, init=False)
     """Every session it started, live or not."""
+    _sessions_by_name: dict[str, list[int]] = field(default_factory=dict, init=False)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, component: Component) -> subprocess.Popen:
@@ -218,6 +219,7 @@ class Supervisor:
                 extra_groups=[] if component.user else None,
             )
         self.sessions.append(proc.pid)
+        self._sessions_by_name.setdefault(component.name, []).append(proc.pid)
         self.on_start(proc.pid)
         return proc
 
@@ -226,12 +228,20 @@ class Supervisor:
             running = self._running.get(name)
             return running.proc.pid if running and running.proc.poll() is None else None
 
+    def sessions_of(self, name: str) -> list[int]:
+        """Every session a component has had (one per start), live or not."""
+        return list(self._sessions_by_name.get(name, []))
+
     def names(self) -> list[str]:
         return list(self._running)
 
-    def check_started(self) -> None:
-        """Raise if a component has exited: while starting, a crash is a configuration error."""
+    def check_started(self, names: Iterable[str] | None = None) -> None:
+        """Raise if a component (of ``names``, else any) has exited: while starting, a crash is a
+        configuration error."""
+        wanted = None if names is None else set(names)
         for name, running in list(self._running.items()):
+            if wanted is not None and name not in wanted:
+                continue
             if running.proc.poll() is not None:
                 raise ComponentExited(
                     f"{name} exited with {_describe_status(running.proc.returncode)}; "
@@ -290,7 +300,7 @@ class Supervisor:
 
     def _end_idle_leftovers(self) -> None:
         for sid, (name, marker) in list(self._draining.items()):
-            members = [pid for pid in session_members(sid) if not _is_zombie(pid)]
+            members = [pid for pid in session_members(sid) if not is_zombie(pid)]
             if members and not all(marker in cmdline(pid) for pid in members):
                 continue
             end_processes(lambda sid=sid: session_members(sid), grace=2)

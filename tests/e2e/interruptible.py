@@ -40,6 +40,7 @@ def test_waits_with_a_task_running_until_interrupted(airflow):
                 "sessions": stack.supervisor.sessions,
                 "processes": stack.processes(),
                 "task_pid": pid,
+                "dask_pids": list(stack.dask_cluster.pids().values()),
                 "database": str((stack.home / "postgres").resolve()),
             }
         )

@@ -4,7 +4,7 @@ Three pytest sessions run ``interruptible.py`` at once (each a real stack with a
 each test interrupts one: Ctrl-C (SIGINT to its process group), SIGTERM (a CI timeout, ``kill``),
 SIGKILL (no cleanup code runs at all). Afterwards no process of that stack may be left (in the
 sessions its components started, or carrying its tag): components, LocalExecutor workers, task
-processes, PostgreSQL; and its throwaway database is removed.
+processes, PostgreSQL, the Dask scheduler and workers; and its throwaway database is removed.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def test_interrupted_session_leaves_no_airflow_process(sig, inner_sessions):
     inner = inner_sessions[sig]
     info = inner.wait_ready()
     assert info["task_pid"] in info["processes"], "the task process is one of the stack's"
+    assert len(info["dask_pids"]) == 3, "the Dask scheduler and two workers run"
+    assert set(info["dask_pids"]) <= set(info["processes"]), "Dask's processes are the stack's"
 
     if sig == signal.SIGINT:
         os.killpg(inner.proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 import urllib.request
 
 import pandas as pd
@@ -83,6 +85,34 @@ def test_local_cluster_is_single_threaded_worker_processes_each_in_its_session_w
     with urllib.request.urlopen(cluster.dashboard_url, timeout=30) as answer:
         page = answer.read()
     assert b"Dask Diagnostic UI" in page and b"bokeh" in page, "the dashboard needs bokeh installed"
+
+
+def test_a_killed_worker_command_is_restarted_said_and_every_process_is_the_clusters(tmp_path):
+    """The cluster's commands are fanout.supervise components: a worker's nanny SIGKILLed is
+    restarted (and said) and the worker process it leaves is ended; every process of the cluster
+    is in the sessions or carries the tag its reaper ends, and none is left after ``stop``."""
+    from distributed import Client
+
+    from fanout.supervise import is_zombie, members_or_tagged
+
+    said: list[str] = []
+    with LocalDaskCluster(tmp_path, workers=1, report=said.append) as cluster:
+        with Client(cluster.address, set_as_default=False) as client:
+            (worker_pid,) = client.run(os.getpid).values()
+        assert {*cluster.pids().values(), worker_pid} <= set(cluster.processes())
+        os.kill(cluster.pids()["worker-0"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while cluster.restarts["worker-0"] != 1 or not any("dask-worker-0 restarted" in m for m in said):
+            assert time.monotonic() < deadline, (cluster.restarts, said)
+            time.sleep(0.2)
+        assert any("dask-worker-0 exited with signal SIGKILL" in m for m in said)
+        assert worker_pid not in cluster.processes(), "the dead nanny's worker process was ended with it"
+        with Client(cluster.address, set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert list(client.run(os.getpid).values()) != [worker_pid], "a new worker joined"
+        sessions, tag = cluster._supervisor.sessions, cluster.tag
+    left = [pid for pid in members_or_tagged(sessions, tag) if not is_zombie(pid)]
+    assert left == [], "nothing of the cluster is left after stop"
 
 
 def test_workers_write_the_features_and_only_summaries_come_back(dataset, cluster):
