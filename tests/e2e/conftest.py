@@ -5,6 +5,7 @@ the session, and the pipeline run once through it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ SMALL_PARAMS = {
 }
 
 
+DASK_WORKERS = "FANOUT_E2E_DASK_WORKERS"
+
+
 @pytest.fixture(scope="session")
 def artifact_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("artifacts")
@@ -31,7 +35,8 @@ def airflow(tmp_path_factory, artifact_root):
         home=tmp_path_factory.mktemp("airflow-home"),
         parallelism=2,
         dask=True,
-        dask_workers=2,
+        # test_teardown's three concurrent inner sessions take one each: 2 cores, 3 stacks.
+        dask_workers=int(os.environ.get(DASK_WORKERS, "2")),
         ephemeral=True,  # its database goes with it, even if pytest is killed
         extra_env={
             "FANOUT_ARTIFACT_ROOT": str(artifact_root),
