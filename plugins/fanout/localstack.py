@@ -398,7 +398,9 @@ class AirflowClient:
         if auth:
             req.add_header("Authorization", f"Bearer {self.token()}")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            # 90 s: a fresh api-server's first Execution API call (a task's start) held its one
+            # worker for 40 s on a loaded 2-core machine; every other request waited behind it.
+            with urllib.request.urlopen(req, timeout=90) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             if err.code == 401 and auth and self._token:
