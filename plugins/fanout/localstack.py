@@ -4,8 +4,8 @@
 PostgreSQL unless told otherwise) from a private AIRFLOW_HOME. ``fanout.supervise`` keeps them
 running: each in a session of its own, restarted with backoff when it dies, and a reaper
 process that ends every process of the stack even when ours is killed. ``fanout.localdb`` is
-the database; ``fanout.localexecutor`` the executor that keeps a scheduler crash from costing
-retries. With ``dask=True`` it also starts a real Dask scheduler and workers beside them
+the database; ``fanout.local_executor`` the executor: a memory budget per task size, and a
+scheduler crash costs no retries. With ``dask=True`` it also starts a real Dask scheduler and workers beside them
 (``fanout.localdask``) and gives every component, and so every task, ``DASK_SCHEDULER_ADDRESS``.
 ``AirflowClient`` talks to the public REST API (``/api/v2``) the way the web UI does; tests and
 the demo use it instead of the CLI, which costs seconds of imports per call.
@@ -43,9 +43,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_USER = "admin"
 TERMINAL_RUN_STATES = {"success", "failed"}
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
-LOCAL_EXECUTOR = "fanout.localexecutor.FanoutLocalExecutor"
+LOCAL_EXECUTOR = "fanout.local_executor.FanoutLocalExecutor"
 
-# What makes a crash cheap (see fanout.localexecutor): a dead scheduler's tasks are adopted within
+# What makes a crash cheap (see fanout.local_executor): a dead scheduler's tasks are adopted within
 # ~30 s; a queued task nobody runs is requeued (same try) after two minutes; a task rides out an
 # api-server restart: its Execution API calls wait 15 s for an answer and retry 12 times with
 # backoff, ~4 minutes on average instead of ~30 s (on a loaded 2-core machine a restarted

@@ -119,3 +119,23 @@ def test_the_watcher_finds_the_task_process_by_its_title_and_stops_it_past_its_b
     finally:
         task.kill()
         task.wait()
+
+
+# --- a dead scheduler's tasks (the chaos test runs this through the real scheduler) -------------------
+
+
+def test_a_dead_schedulers_task_instances_are_all_adopted_instead_of_reset(executor):
+    """Airflow's LocalExecutor returns them all, and the scheduler resets each into its next try."""
+    orphans = [
+        SimpleNamespace(key=KEY, state=TaskInstanceState.RUNNING),
+        SimpleNamespace(key=RETRY, state=TaskInstanceState.QUEUED),
+    ]
+    assert list(executor.try_adopt_task_instances(orphans)) == []
+
+
+def test_a_task_stuck_in_queued_is_forgotten_so_the_scheduler_can_requeue_it(executor):
+    """Airflow's LocalExecutor refuses to revoke (NotImplementedError): the task would stay queued."""
+    executor.queued_tasks[KEY] = object()
+    executor.running.add(KEY)
+    executor.revoke_task(ti=SimpleNamespace(key=KEY))
+    assert KEY not in executor.queued_tasks and KEY not in executor.running
