@@ -155,12 +155,14 @@ def torch_load(data: bytes):
 
 
 def _canonical(obj, key: str = "", siblings: dict | None = None):
-    """``obj`` with run keys neutral, wall times dropped, and digests of run-naming files neutral."""
+    """``obj`` with run keys neutral, wall times and Dask worker addresses dropped, and digests of
+    run-naming files neutral."""
     if isinstance(obj, dict):
         return {
             _RUN_KEY.sub("<run>", str(k)): _canonical(v, str(k), obj)
             for k, v in obj.items()
-            if not str(k).endswith("seconds")
+            # Wall times, and which Dask worker wrote a part (the cluster's scheduling, not content).
+            if not str(k).endswith("seconds") and k != "worker"
         }
     if isinstance(obj, list | tuple):
         return [_canonical(v) for v in obj]
