@@ -93,12 +93,12 @@ def test_featurises_a_small_shard(image):
         image,
         """
         import json, tempfile
-        from fanout import preprocess
+        from fanout import daskrun, datasets
         from fanout.storage import ArtifactStore
         store = ArtifactStore(tempfile.mkdtemp())
-        preprocess.generate_dataset(store, "raw", n_shards=1, rows_per_shard=5000, seed=7)
-        (shard,) = preprocess.list_shards(store, "raw")
-        summary = preprocess.featurise_shard(store, shard, "features", cpus=1)
+        datasets.generate_dataset(store, "raw", datasets.SyntheticSpec(n_shards=1, rows_per_shard=5000, seed=7))
+        (shard,) = datasets.list_shards(store, "raw")
+        summary = daskrun.featurise_shard(store, shard, "features")  # in-process: no scheduler address
         manifest = store.verified("features")
         print(json.dumps({"rows_in": summary["rows_in"], "rows_out": summary["rows_out"],
                           "files": sorted(manifest["files"]) if manifest else None}))
@@ -106,7 +106,7 @@ def test_featurises_a_small_shard(image):
     )
     assert result["rows_in"] == 5000
     assert 0 < result["rows_out"] < 5000, "dirty rows are dropped"
-    assert "features.parquet" in result["files"]
+    assert "features/part-00000.parquet" in result["files"]
 
 
 def test_pip_check_is_clean(image):
