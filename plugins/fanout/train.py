@@ -1054,7 +1054,16 @@ def prediction_surface(store: ArtifactStore, model_rel: str, *, resolution: int 
     y_values = np.linspace(*axes["y"]["range"], resolution, endpoint=axes["y"]["name"] != "hour_of_day")
     grid_y, grid_x = np.meshgrid(y_values, x_values, indexing="ij")
     features = _grid_features(bundle, axes, {"x": grid_x.ravel(), "y": grid_y.ravel()})
-    pred = predict(model, bundle, features).reshape(resolution, resolution)
+    import torch
+
+    # One thread fixes the order of the sums, so the texture's bytes do not depend on how many
+    # threads BLAS chose under the machine's load at that moment; the grid is small.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pred = predict(model, bundle, features).reshape(resolution, resolution)
+    finally:
+        torch.set_num_threads(threads)
     span = float(pred.max() - pred.min())
     if not math.isfinite(span) or span <= 1e-12 * max(1.0, float(np.abs(pred).max())):
         return np.zeros((resolution, resolution), dtype=np.float32)
