@@ -120,15 +120,8 @@ _REASON_COLUMN = "_drop_reason"
 # Raw columns no row can do without (passengers and payment_type have defaults). Per row, bit i
 # of the two mask columns says REQUIRED_COLUMNS[i] was missing, or did not parse: counted per
 # column (``unparsed_counts``), they tell a column with no usable value at all (``fanout.quality``).
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "ride_id",
-    "pickup_ts",
-    "pickup_zone",
-    "dropoff_zone",
-    "distance_km",
-    "duration_min",
-    "fare",
-)
+_DEFAULTED_COLUMNS = frozenset({"passengers", "payment_type"})
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in RAW_COLUMNS if c not in _DEFAULTED_COLUMNS)
 _MISSING_COLUMN = "_missing_mask"
 _MALFORMED_COLUMN = "_malformed_mask"
 
