@@ -120,6 +120,14 @@ def assignments(events: list[Any]) -> dict[str, tuple[str, datetime | None]]:
     return out
 
 
+def _list(api: Any, kind: str, namespaces: list[str] | None, **selector) -> list:
+    """``kind`` objects (``pod``, ``event``) from every namespace (``namespaces`` None) or from each one."""
+    if namespaces is None:
+        return getattr(api, f"list_{kind}_for_all_namespaces")(**selector, _request_timeout=TIMEOUT).items
+    namespaced = getattr(api, f"list_namespaced_{kind}")
+    return [item for ns in namespaces for item in namespaced(ns, **selector, _request_timeout=TIMEOUT).items]
+
+
 def pods_of_run(
     dag_id: str, run_id: str, hostnames: Mapping[Key, str | None], problems: list[str] | None = None
 ) -> dict[Key, Pod]:
@@ -139,28 +147,12 @@ def pods_of_run(
     try:
         api = _client()
         namespaces = _namespaces()
-        if namespaces is None:
-            pods = api.list_pod_for_all_namespaces(label_selector=selector, _request_timeout=TIMEOUT).items
-        else:
-            pods = []
-            for namespace in namespaces:
-                pods += api.list_namespaced_pod(
-                    namespace, label_selector=selector, _request_timeout=TIMEOUT
-                ).items
+        pods = _list(api, "pod", namespaces, label_selector=selector)
     except Exception as err:
         note("pod details", err)
         return {}
     try:  # needs "list events" (the node of a pod already deleted)
-        if namespaces is None:
-            events = api.list_event_for_all_namespaces(
-                field_selector=scheduled, _request_timeout=TIMEOUT
-            ).items
-        else:
-            events = []
-            for namespace in namespaces:
-                events += api.list_namespaced_event(
-                    namespace, field_selector=scheduled, _request_timeout=TIMEOUT
-                ).items
+        events = _list(api, "event", namespaces, field_selector=scheduled)
     except Exception as err:
         note("scheduling events (nodes of deleted pods)", err)
         events = []
