@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     summary["pods"] = {dag_id: [asdict(row) for row in dag_rows] for dag_id, dag_rows in rows.items()}
     summary_path = workdir / "cluster-demo-summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nsummary JSON: {summary_path}; Airflow logs: {workdir / 'airflow-home' / 'logs'}")
+    print(
+        f"\nsummary JSON: {summary_path}; Airflow's component logs: {workdir / 'airflow-home' / 'logs'} "
+        "(task logs went to the harness's in-memory S3 server, gone with it)"
+    )
     print(f"whole demo {time.monotonic() - started:.0f}s")
     return 0 if len(reports) == 3 and all(r.state == "success" for r in reports) else 1
 

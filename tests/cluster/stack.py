@@ -12,7 +12,10 @@ with ``FANOUT_TEST_KUBECONFIG``, any cluster (``target.py``). Either way:
 - the DAGs folder holds ``dags/`` and the probe DAGs of ``tests/cluster/dags`` (on the harness it is
   also what the "image" bakes in, the cluster's ``image_env``; a real cluster's worker image must
   hold the same files);
-- pods are observed through the Kubernetes API only (``observe.PodWatch``).
+- pods are observed through the Kubernetes API only (``observe.PodWatch``);
+- task logs go to object storage (Airflow's remote logging, as the chart sets it up): on the harness
+  a real S3-compatible server on loopback (``tests/s3.py``), so the api-server reads a finished
+  task's log from the bucket once its pod is gone; pods and the api-server share no log folder.
 
 Test-only differences from the chart, each for a reason given next to it in ``TEST_SETTINGS``.
 Used by ``tests/cluster/conftest.py`` and ``make cluster-demo`` (``tests/cluster/demo.py``).
@@ -43,11 +46,15 @@ from tests.cluster.observe import PodWatch
 from tests.cluster.target import Target
 from tests.e2e.conftest import SMALL_PARAMS
 from tests.kubesim import Cluster, PodRecord, default_nodes
+from tests.s3 import S3Server
 
 AIRFLOW_VALUES = PROJECT_ROOT / "helm" / "airflow-values.yaml"
 POD_TEMPLATE = PROJECT_ROOT / "helm" / "pod-template.yaml"
 PROBE_DAGS = Path(__file__).parent / "dags"
 EXECUTOR = "fanout.executors.FanoutKubernetesExecutor"
+# Where the harness's task logs go (a bucket of its own S3 server).
+LOG_BUCKET = "fanout-cluster"
+REMOTE_LOG_FOLDER = f"s3://{LOG_BUCKET}/logs"
 
 
 TEST_SETTINGS = {
@@ -107,6 +114,7 @@ class ClusterPipeline:
     client: AirflowClient
     artifact_root: Path  # as this machine sees it
     settings: dict[str, str]
+    s3: S3Server | None = None  # the harness's object storage for task logs; None on other clusters
 
     @property
     def namespace(self) -> str:
@@ -173,14 +181,19 @@ def _api_client(kubeconfig: Path, context: str | None) -> Any:
 
 @contextmanager
 def _cluster(target: Target, workdir: Path, image_env: dict[str, str], namespace: str):
-    """(kubeconfig, harness or None): the harness started for the test, or the given cluster."""
+    """(kubeconfig, harness or None, S3 server or None): the harness started for the test with an
+    S3 server for its task logs, or the given cluster (whose logs go where its settings say)."""
     if target.is_harness:
-        with Cluster(
-            default_nodes(), namespace=namespace, workdir=workdir / "cluster", image_env=image_env
-        ) as cluster:
-            yield cluster.kubeconfig_path, cluster
+        with (
+            S3Server() as s3,
+            Cluster(
+                default_nodes(), namespace=namespace, workdir=workdir / "cluster", image_env=image_env
+            ) as cluster,
+        ):
+            s3.create_bucket(LOG_BUCKET)
+            yield cluster.kubeconfig_path, cluster, s3
     else:
-        yield target.kubeconfig, None
+        yield target.kubeconfig, None, None
 
 
 @contextmanager
@@ -200,7 +213,7 @@ def cluster_pipeline(
     else:
         artifact_root, pod_artifact_root = target.local_artifact_root, target.artifact_root
     image_env = {"AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
-    with _cluster(target, workdir, image_env, namespace) as (kubeconfig, harness):
+    with _cluster(target, workdir, image_env, namespace) as (kubeconfig, harness, s3):
         api_client = _api_client(kubeconfig, target.context)
         watch = PodWatch(api_client, namespace).start()
         stack = AirflowStack(home=workdir / "airflow-home", dags_folder=dags, executor=EXECUTOR)
@@ -209,17 +222,19 @@ def cluster_pipeline(
         else:  # pods reach this machine at the given address; the api-server listens on every interface
             execution_api = f"http://{target.api_host}:{stack.port}/execution/"
             stack.extra_env["AIRFLOW__API__HOST"] = "0.0.0.0"
+        # The chart's remote logging: every pod uploads its task's log to the bucket when the task
+        # ends and the api-server reads it from there (each pod's local log folder is under its own
+        # HOME, gone with the pod as on a real node).
+        remote_logging = {**s3.env(), **s3.remote_logging_env(REMOTE_LOG_FOLDER)} if s3 is not None else {}
         settings = {
             "FANOUT_ARTIFACT_ROOT": pod_artifact_root,
             "FANOUT_PARAMS": json.dumps(params or SMALL_PARAMS),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": execution_api,
             **{k: v for k, v in TEST_SETTINGS.items() if not k.startswith("AIRFLOW__SCHEDULER__")},
+            **remote_logging,
             **target.extra_env,
         }
-        if target.is_harness:
-            # Stands in for the chart's remote logging: task logs outlive their pods.
-            settings["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(stack.home / "logs")
-        else:
+        if not target.is_harness:
             settings["FANOUT_GPU_IMAGE"] = target.worker_image or ""
             if target.artifact_pvc:
                 settings["FANOUT_ARTIFACT_PVC"] = target.artifact_pvc
@@ -250,7 +265,7 @@ def cluster_pipeline(
         try:
             airflow = stack.start()
             prepare(airflow, stack)
-            yield ClusterPipeline(watch, harness, stack, airflow, Path(artifact_root), settings)
+            yield ClusterPipeline(watch, harness, stack, airflow, Path(artifact_root), settings, s3)
         finally:
             stack.stop()
             watch.stop()

@@ -1,5 +1,6 @@
 """The whole pipeline through the KubernetesExecutor on the harness: where pods ran, what they held,
-in which order they ran, that they were cleaned up, and how GPU tasks waited for the one GPU.
+in which order they ran, that they were cleaned up, how GPU tasks waited for the one GPU, and that
+their logs outlive them in object storage.
 
 One undisturbed pipeline trigger (the session's ``pipeline`` fixture) serves every test here.
 """
@@ -14,6 +15,7 @@ import pytest
 from kubernetes.utils import parse_quantity
 
 from fanout.settings import settings
+from tests.cluster.stack import LOG_BUCKET, REMOTE_LOG_FOLDER
 from tests.kubesim import POOL_LABEL
 
 # DAG -> (planning task, mapped task, fan-in task)
@@ -121,6 +123,45 @@ def test_finished_pods_were_deleted_per_delete_worker_pods(cp, pipeline):
             )
             assert pod.deleted_at - pod.finished_at <= DELETION_BOUND_S
             assert cp.pods.pod(pod.name) is None
+
+
+def test_task_logs_are_read_from_object_storage_after_their_pods_are_gone(cp, pipeline):
+    """Remote logging, as the chart sets it up: each pod uploads its task's log to the bucket; the
+    api-server, which shares no log folder with the pods, reads it from there through the REST API."""
+    if cp.s3 is None:
+        pytest.skip("the harness's S3 server: a given cluster's logs go where its settings say")
+    api_server_logs = cp.stack.home / "logs"
+    read = 0
+    for dag_id, run_id in pipeline.run_ids.items():
+        prefix = f"dag_id={dag_id}/run_id={run_id}/"
+        for ti in pipeline.task_instances[dag_id]:
+            task_id, map_index = ti["task_id"], ti["map_index"]
+            where = f"{task_id}[{map_index}] of {dag_id}"
+            (pod,) = [
+                p
+                for p in cp.pods_of(dag_id, run_id, task_id)
+                if int(p.annotations.get("map_index", -1)) == map_index
+            ]
+            cp.pods.wait_for(
+                lambda pod=pod: pod.deleted_at, timeout=DELETION_BOUND_S, message=f"{where}: pod kept"
+            )
+            assert cp.pods.pod(pod.name) is None
+            log = cp.client.task_log(dag_id, run_id, task_id, ti["try_number"], map_index=map_index)
+            assert f"{REMOTE_LOG_FOLDER}/{prefix}task_id={task_id}/" in log, (
+                f"{where}: not from the bucket:\n{log[:1500]}"
+            )
+            # What the task itself logged in its pod, not only the reader's header.
+            assert "Task finished" in log or "Done. Returned value" in log, f"{where}:\n{log[-1500:]}"
+            read += 1
+        assert not list(api_server_logs.glob(f"{prefix}**/*.log")), (
+            "pods wrote into the api-server's log folder"
+        )
+    uploaded = [
+        key
+        for run in pipeline.run_ids.items()
+        for key in cp.s3.keys(LOG_BUCKET, f"logs/dag_id={run[0]}/run_id={run[1]}/")
+    ]
+    assert read == len(uploaded), (read, uploaded)
 
 
 def test_gpu_tasks_wait_for_the_single_gpu_in_the_airflow_pool_not_in_kubernetes(cp, pipeline):
