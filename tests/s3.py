@@ -1,6 +1,7 @@
 """A real S3-compatible server on loopback (moto's ``moto_server``) for any test suite.
 
-``S3Server`` runs ``python -m moto.server`` in its own process group on a free port; ``env()``
+``S3Server`` runs moto's server (as ``python -m moto.server`` does, recording each request's arrival
+time for ``requests()``) in its own process group on a free port; ``env()``
 is what a process needs to use it (credentials, region and the endpoint, which boto3, s3fs and
 so ``FANOUT_ARTIFACT_ROOT=s3://...`` honour), ``remote_logging_env()`` what Airflow needs to keep
 task logs there. Use it from pytest with the session fixture ``s3_server`` (tests/conftest.py),
@@ -37,11 +38,37 @@ REGION = "us-east-1"
 LOG_CONN_ID = "fanout_object_store"
 
 
+# moto's server (as ``python -m moto.server`` runs it) with each request's arrival time, method and
+# path appended to a file: tests measure when a client (a pod uploading its log) talked to it.
+_TIMED_SERVER = """
+import sys, time
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+host, port, request_log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+app = DomainDispatcherApplication(create_backend_app)
+out = open(request_log, "a", buffering=1)
+def timed(environ, start_response):
+    out.write(f"{time.time():.6f} {environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}\\n")
+    return app(environ, start_response)
+run_simple(host, port, timed, threaded=True, request_handler=MotoRequestHandler)
+"""
+
+
+@dataclass(frozen=True)
+class S3Request:
+    at: float  # epoch seconds the request arrived
+    method: str
+    path: str  # /bucket/key (path-style, as clients address a loopback IP)
+
+
 @dataclass
 class S3Server:
     port: int = 0
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log: Path | None = field(default=None, init=False, repr=False)
+    _requests: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def endpoint_url(self) -> str:
@@ -50,9 +77,10 @@ class S3Server:
     def start(self, timeout: float = 30) -> S3Server:
         self.port = self.port or free_port()
         self._log = Path(tempfile.mkstemp(prefix="moto-server-", suffix=".log")[1])
+        self._requests = self._log.with_suffix(".requests")
         with self._log.open("w") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-c", _TIMED_SERVER, "127.0.0.1", str(self.port), str(self._requests)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -146,3 +174,13 @@ class S3Server:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
             for obj in page.get("Contents", [])
         ]
+
+    def requests(self) -> list[S3Request]:
+        """Every request the server has received so far, in arrival order."""
+        if self._requests is None or not self._requests.exists():
+            return []
+        found = []
+        for line in self._requests.read_text().splitlines():
+            at, method, path = line.split(" ", 2)
+            found.append(S3Request(float(at), method, path))
+        return sorted(found, key=lambda r: r.at)

@@ -236,8 +236,6 @@ def test_a_sweep_with_a_trial_that_always_fails_succeeds_and_names_it(cp, pipeli
     # With remote logging the pod uploads the log when its supervisor exits, after the run ended:
     # until then the api-server would ask the pod's log server. Read it once the pod has exited.
     (select_pod,) = cp.pods_of("fanout_train", run_id, "select_best")
-    cp.pods.wait_for(
-        lambda: select_pod.finished_at, timeout=30, message=f"{select_pod.name} never exited"
-    )
+    cp.pods.wait_for(lambda: select_pod.finished_at, timeout=30, message=f"{select_pod.name} never exited")
     log = client.task_log("fanout_train", run_id, "select_best", 1)
     assert f"1 of 2 trials failed and are left out of the ranking: {failed_trial['name']}" in log

@@ -43,6 +43,26 @@ def supervisor_exit_delay(cp) -> float:
     return float(cp.settings.get("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", 5)) + 3.0
 
 
+def log_upload_s(cp, pod) -> float:
+    """How long the pod spent uploading its task's log (remote logging) before it exited: from its
+    supervisor's first request to the S3 server for the log's key to the container's exit, as the
+    server and the Kubernetes API saw them. 0 where the logs do not go to the harness's server.
+
+    The supervisor uploads only once it has noticed its child exited, so a pod outlives its task's
+    success report by at most the supervisor's exit delay plus this (measured, not assumed) time.
+    """
+    if cp.s3 is None:
+        return 0.0
+    a = pod.annotations
+    key = f"/{LOG_BUCKET}/logs/dag_id={a['dag_id']}/run_id={a['run_id']}/task_id={a['task_id']}/"
+    if int(a.get("map_index", -1)) >= 0:
+        key += f"map_index={a['map_index']}/"
+    key += f"attempt={a.get('try_number', 1)}.log"
+    started = [r.at for r in cp.s3.requests() if r.path == key and r.at >= pod.started_at]
+    assert started, f"{pod.name}: no request for its log {key} reached the S3 server"
+    return max(0.0, pod.finished_at - min(started))
+
+
 def pods_by_task(cp, dag_id, run_id):
     pods = {}
     for record in cp.pods_of(dag_id, run_id):
@@ -106,9 +126,11 @@ def test_each_fan_in_started_after_all_its_mapped_pods_finished(cp, pipeline, da
     assert fan_in_pod.created_at >= last_mapped_task_end
     assert ts(fan_in_ti["start_date"]) >= last_mapped_task_end
     # The mapped pods exit a moment after their tasks report success; the fan-in's pod can start
-    # in that moment (the supervisor's exit delay), never later.
-    last_mapped_pod_exit = max(pod.finished_at for pod in pods[mapped])
-    assert last_mapped_pod_exit - fan_in_pod.started_at <= supervisor_exit_delay(cp)
+    # in that moment (the supervisor's exit delay, then the log upload), never later.
+    last_mapped_pod = max(pods[mapped], key=lambda pod: pod.finished_at)
+    upload_s = log_upload_s(cp, last_mapped_pod)
+    print(f"{dag_id}: last mapped pod {last_mapped_pod.name} uploaded its log for {upload_s:.1f}s")
+    assert last_mapped_pod.finished_at - fan_in_pod.started_at <= supervisor_exit_delay(cp) + upload_s
 
 
 def test_finished_pods_were_deleted_per_delete_worker_pods(cp, pipeline):
@@ -179,16 +201,24 @@ def test_gpu_tasks_wait_for_the_single_gpu_in_the_airflow_pool_not_in_kubernetes
         assert after[0] >= before[1], f"{after[2:]} was queued while {before[2:]} still held the GPU"
 
     # In Kubernetes a GPU pod waited at most for the previous GPU pod to exit, and only for the GPU.
+    # The previous GPU pod outlives its task by the supervisor's exit delay and its log upload.
     exit_delay = supervisor_exit_delay(cp)
-    for dag_id, run_id in pipeline.run_ids.items():
-        for pod in cp.pods_of(dag_id, run_id):
-            if pod.annotations["task_id"] not in GPU_TASKS:
-                continue
-            assert cp.pool_of_node(pod.node) == "gpu"
-            assert pod.scheduled_at - pod.created_at <= exit_delay, f"{pod.name}: {pod.unschedulable_message}"
-            if pod.unschedulable_message:
-                assert f"Insufficient {stack_settings.gpu_resource}" in pod.unschedulable_message
-                assert "taint" not in pod.unschedulable_message
+    gpu_pods = sorted(
+        (pod for dag_id, run_id in pipeline.run_ids.items() for pod in cp.pods_of(dag_id, run_id)),
+        key=lambda pod: pod.scheduled_at,
+    )
+    gpu_pods = [pod for pod in gpu_pods if pod.annotations["task_id"] in GPU_TASKS]
+    for previous, pod in pairwise([None, *gpu_pods]):
+        assert cp.pool_of_node(pod.node) == "gpu"
+        upload_s = log_upload_s(cp, previous) if previous is not None else 0.0
+        waited = pod.scheduled_at - pod.created_at
+        assert waited <= exit_delay + upload_s, (
+            f"{pod.name} waited {waited:.1f}s, the previous GPU pod uploaded its log for "
+            f"{upload_s:.1f}s: {pod.unschedulable_message}"
+        )
+        if pod.unschedulable_message:
+            assert f"Insufficient {stack_settings.gpu_resource}" in pod.unschedulable_message
+            assert "taint" not in pod.unschedulable_message
 
     assert cp.client.get(f"/pools/{pool_name}")["slots"] == slots == cp.gpus(), "one pool slot per GPU"
     stuck = cp.client.get(
