@@ -22,6 +22,7 @@ Faults run on the harness's event loop, so they never race the kubelet or the sc
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -69,14 +70,21 @@ class Faults:
             if target == "main":
                 container.process.send_signal(sig)
                 return container.process.pid
-            children = [
-                pid for pid in memory.descendants(container.process.pid) if pid != container.process.pid
-            ]
-            if not children:
-                raise FaultError(f"the container of pod {pod} has no process besides its main one")
-            victim = max(children, key=lambda pid: memory.resident(psutil.Process(pid)))
-            psutil.Process(victim).send_signal(sig)
-            return victim
+            # The tree changes while we look: a short-lived descendant may exit between the listing
+            # and the signal. Pick again among those still there.
+            for _ in range(5):
+                sizes = {}
+                for pid in memory.descendants(container.process.pid):
+                    if pid != container.process.pid:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            sizes[pid] = memory.resident(psutil.Process(pid))
+                if not sizes:
+                    raise FaultError(f"the container of pod {pod} has no process besides its main one")
+                victim = max(sizes, key=sizes.__getitem__)
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    psutil.Process(victim).send_signal(sig)
+                    return victim
+            raise FaultError(f"the processes of pod {pod} kept exiting before they could be signalled")
 
         return self.cluster.call(run)
 

@@ -1,8 +1,10 @@
 """Each injected fault leaves pods and nodes as a real cluster shows them afterwards."""
 
+import subprocess
+
 import pytest
 
-from tests.kubesim import FaultError
+from tests.kubesim import FaultError, memory
 from tests.kubesim.testing import SLEEP_FOREVER, python_pod, watch_events
 
 
@@ -135,6 +137,19 @@ def test_kill_of_the_child_leaves_the_main_process_to_decide_the_exit(cluster, s
         0,
         "Completed",
     )
+    assert "child exited -9" in cluster.logs(supervising)
+
+
+def test_kill_of_the_child_passes_over_a_process_that_exited_after_it_was_listed(
+    cluster, supervising, monkeypatch
+):
+    # A short-lived descendant (a task's helper process) listed, then gone before it is looked at.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    listed = memory.descendants
+    monkeypatch.setattr(memory, "descendants", lambda pid: [*listed(pid), gone.pid])
+    cluster.faults.kill(supervising, target="child")
+    cluster.wait_for_pod(supervising, phase="Succeeded")
     assert "child exited -9" in cluster.logs(supervising)
 
 
