@@ -25,8 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from fanout.errors import BadInputError
 from fanout.keys import check_key
 from fanout.settings import settings
@@ -53,6 +51,8 @@ class ArtifactStore:
     """Read and atomically write artifacts under one base location."""
 
     def __init__(self, root: str | None = None):
+        import fsspec  # with its backends (s3fs, boto3) only where a store is opened
+
         self.root_uri = (root or settings().artifact_root).rstrip("/")
         self.fs, self._root = fsspec.core.url_to_fs(self.root_uri)
         self.is_local = "file" in (
