@@ -219,7 +219,9 @@ class AirflowStack:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_uri
         if self.dask_cluster is not None:
             env["DASK_SCHEDULER_ADDRESS"] = self.dask_cluster.address
-        elif self._postgres is not None:
+        # Not an elif: with Dask beside it, the stack ran on Airflow's default SQLite file while
+        # its PostgreSQL idled, and a burst of triggers got HTTP 500 "database is locked".
+        if self._postgres is not None:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self._postgres.uri
         env.update(self.extra_env)
         if self._tag:
