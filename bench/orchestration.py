@@ -71,11 +71,13 @@ def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dic
     ended, ended_epoch = time.monotonic(), time.time()
     capped = run["state"] not in ("success", "failed")
     if capped:
-        reached = _stop_run(bench, run_id, ended_epoch)
+        # Failing the run marks every task instance failed, finished ones too (Airflow 3.3):
+        # what it reached is read before.
+        reached, mapped = _stop_run(bench, run_id, ended_epoch)
     elif run["state"] != "success":
         raise RuntimeError(f"{DAG_ID} n={n} ended {run['state']}")
-    tis = client.task_instances(DAG_ID, run_id)
-    mapped = [t for t in tis if t["task_id"] == FANOUT_TASK and t["map_index"] >= 0]
+    else:
+        mapped = _mapped(bench, run_id)
     # A capped run's tasks that finish while it is being stopped are not counted.
     done = [
         t for t in mapped if t["state"] == "success" and t["end_date"] and ts(t["end_date"]) <= ended_epoch
@@ -123,13 +125,20 @@ def _reached_text(reached: dict) -> str:
     )
 
 
-def _stop_run(bench: BenchStack, run_id: str, at_epoch: float, timeout: float = 30) -> dict:
-    """Count what a capped run reached at ``at_epoch``, fail it, and wait until its tasks left the workers."""
-    tis = [
+def _mapped(bench: BenchStack, run_id: str) -> list[dict]:
+    return [
         t
         for t in bench.client.task_instances(DAG_ID, run_id)
         if t["task_id"] == FANOUT_TASK and t["map_index"] >= 0
     ]
+
+
+def _stop_run(
+    bench: BenchStack, run_id: str, at_epoch: float, timeout: float = 30
+) -> tuple[dict, list[dict]]:
+    """What a capped run reached at ``at_epoch`` and its mapped task instances as they were then;
+    then fail it and wait until its tasks left the workers."""
+    tis = _mapped(bench, run_id)
 
     def before(value: str | None) -> bool:
         return bool(value) and ts(value) <= at_epoch
@@ -140,10 +149,25 @@ def _stop_run(bench: BenchStack, run_id: str, at_epoch: float, timeout: float = 
         "started": sum(before(t["start_date"]) for t in tis),
         "done": sum(t["state"] == "success" and before(t["end_date"]) for t in tis),
     }
-    quoted = urllib.parse.quote(run_id, safe="")
-    bench.client.patch(f"/dags/{DAG_ID}/dagRuns/{quoted}", {"state": "failed"})
+    _fail_runs(bench, [run_id])
     _wait_idle(bench, [run_id], timeout)
-    return reached
+    return reached, tis
+
+
+def _fail_runs(bench: BenchStack, run_ids: list[str], tries: int = 3) -> None:
+    """Mark runs failed. Airflow's "mark failed" updates the task instances, then the run, while
+    the scheduler locks them the other way round: PostgreSQL may end one as a deadlock (HTTP 500),
+    and a retry then finds no one holding the locks."""
+    for run_id in run_ids:
+        path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        for attempt in range(tries):
+            try:
+                bench.client.patch(path, {"state": "failed"})
+                break
+            except AirflowError as exc:
+                if "HTTP 500" not in str(exc) or attempt == tries - 1:
+                    raise
+                time.sleep(1)
 
 
 def _wait_idle(bench: BenchStack, run_ids: list[str], timeout: float = 30) -> None:
@@ -198,10 +222,7 @@ def trigger_burst(bench: BenchStack, requests: int) -> dict:
         thread.start()
     for thread in threads:
         thread.join()
-    for run_id in run_ids:
-        bench.client.patch(
-            f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}", {"state": "failed"}
-        )
+    _fail_runs(bench, run_ids)
     _wait_idle(bench, run_ids)
     return {
         "requests": requests,
