@@ -41,6 +41,8 @@ def collect_targets(results: dict) -> list[dict]:
             )
         elif targets:
             rows += targets(section)
+    if "only" in results:  # a partial run has no runtime to judge
+        return rows
     limit = RUNTIME_LIMIT_S[results["mode"]]
     rows.append(
         {
@@ -98,6 +100,8 @@ def markdown(results: dict) -> str:
     lines += ["", "| Benchmark | Figure | Value |", "|---|---|---|"]
     sections = results["sections"]
     for name, (_, figures) in SECTIONS.items():
+        if name not in sections and "only" in results:
+            continue  # not selected in this partial run
         section = sections.get(name) or {}
         status = section.get("status")
         if status != "ok":

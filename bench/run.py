@@ -34,9 +34,19 @@ from bench import (
 from bench.common import CPUS, RESULTS_DIR, log_to_stderr, run_section
 from bench.stack import SHIPPED_HEARTBEAT_INTERVAL_S, bench_stack, dag_processor_durations
 
+# What ``--only`` selects; the stacks start only for the groups that need them.
+GROUPS = ("parse", "task_start", "kernels", "dask", "speedup", "orchestration", "memory", "kubernetes")
 
-def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> dict:
+
+def run_all(
+    sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr, only: set[str] | None = None
+) -> dict:
+    """Every benchmark, or the groups in ``only`` (a partial run: no runtime target)."""
     started = time.monotonic()
+
+    def wanted(group: str) -> bool:
+        return only is None or group in only
+
     results: dict = {
         "schema": 1,
         "mode": sizes.mode,
@@ -46,16 +56,22 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
         "sizes": common.sizes_dict(sizes),
         "sections": {},
     }
+    if only is not None:
+        results["only"] = sorted(only)
     sections = results["sections"]
 
-    sections["parse"] = run_section("parse", lambda: parse_time.run(sizes.repeats), log)
-    sections["task_start"] = run_section("task start", lambda: task_start.run(sizes.repeats), log)
-    sections["kernels"] = run_section(
-        "kernels", lambda: kernels.run(sizes.kernel_seconds, sizes.kernel_policies), log
-    )
-    sections["dask"] = run_section("dask", lambda: dask_overhead.run(sizes), log)
+    if wanted("parse"):
+        sections["parse"] = run_section("parse", lambda: parse_time.run(sizes.repeats), log)
+    if wanted("task_start"):
+        sections["task_start"] = run_section("task start", lambda: task_start.run(sizes.repeats), log)
+    if wanted("kernels"):
+        sections["kernels"] = run_section(
+            "kernels", lambda: kernels.run(sizes.kernel_seconds, sizes.kernel_policies), log
+        )
+    if wanted("dask"):
+        sections["dask"] = run_section("dask", lambda: dask_overhead.run(sizes), log)
 
-    fanouts: dict[str, dict] = {name: {} for name in speedup.WORKLOADS}
+    fanouts: dict[str, dict] = {name: {} for name in speedup.WORKLOADS} if wanted("speedup") else {}
     failures: list[str] = []
 
     def phase(name: str, fn: Callable[[], None]) -> None:
@@ -66,42 +82,47 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
     with tempfile.TemporaryDirectory(prefix="fanout-bench-shared-") as shared:
         artifact_root = Path(shared)
         shards: list[str] = []
-        phase("dataset", lambda: shards.extend(speedup.prepare_dataset(artifact_root, sizes)))
+        if fanouts:
+            phase("dataset", lambda: shards.extend(speedup.prepare_dataset(artifact_root, sizes)))
 
         def pool_floors() -> None:
             for name in fanouts:
                 fanouts[name]["pool_map"] = speedup.pool_floor(name, artifact_root, sizes, shards, repeats=1)
 
-        phase("pool-map floors", pool_floors)
+        if fanouts:
+            phase("pool-map floors", pool_floors)
 
         def all_cores() -> None:
             with bench_stack(
                 CPUS, sizes.stack_overrides, fanout_params=sizes.demo_params, artifact_root=artifact_root
             ) as stack:
                 log(f"   stack with parallelism {CPUS} up in {stack.started_s:.1f} s")
-                sections["orchestration"] = run_section(
-                    "orchestration", lambda: orchestration.run(stack, sizes), log
-                )
-                if sizes.demo_params:
+                if wanted("orchestration"):
+                    sections["orchestration"] = run_section(
+                        "orchestration", lambda: orchestration.run(stack, sizes), log
+                    )
+                if wanted("memory") and sizes.demo_params:
                     sections["memory"] = run_section(
                         "memory", lambda: memory.run_pipeline(stack, sizes.demo_params), log
                     )
                 for name in fanouts:
                     log(f"-- {name} fan-out, parallelism {CPUS}")
                     fanouts[name]["parallel"] = speedup.airflow_fanout(stack, name, sizes)
-                if not sizes.demo_params:
-                    sections["memory"] = {
-                        "status": "ok",
-                        **memory.over_session(stack, "fan-outs of this stack (quick mode)"),
-                    }
-                sections["memory"]["session_peak_rss_mib"] = stack.monitor.window(0, float("inf"))[
-                    "peak_rss_mib"
-                ]
+                if wanted("memory"):
+                    if not sizes.demo_params:
+                        sections["memory"] = {
+                            "status": "ok",
+                            **memory.over_session(stack, "fan-outs of this stack (quick mode)"),
+                        }
+                    sections["memory"]["session_peak_rss_mib"] = stack.monitor.window(0, float("inf"))[
+                        "peak_rss_mib"
+                    ]
                 processor = dag_processor_durations(stack)
-                for entry in (sections["parse"] or {}).get("files", []):
+                for entry in (sections.get("parse") or {}).get("files", []):
                     entry["dag_processor_s"] = processor.get(entry["file"])
 
-        phase(f"stack, parallelism {CPUS}", all_cores)
+        if fanouts or wanted("orchestration") or wanted("memory"):
+            phase(f"stack, parallelism {CPUS}", all_cores)
 
         def sequential() -> None:
             with bench_stack(
@@ -112,7 +133,8 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
                     log(f"-- {name} fan-out, parallelism 1")
                     fanouts[name]["sequential"] = speedup.airflow_fanout(stack, name, sizes)
 
-        phase("stack, parallelism 1", sequential)
+        if fanouts:
+            phase("stack, parallelism 1", sequential)
 
         orchestration_section = sections.get("orchestration") or {}
         if sizes.anchor and orchestration_section.get("status") == "ok":
@@ -141,8 +163,9 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
 
             sections["orchestration_database"] = run_section(f"orchestration on {other}", database, log)
 
-    sections["speedup"] = _speedup_section(fanouts, failures)
-    if sections["speedup"]["status"] == "ok":
+    if fanouts:
+        sections["speedup"] = _speedup_section(fanouts, failures)
+    if (sections.get("speedup") or {}).get("status") == "ok":
         sections["speedup"]["min_heartbeat_interval_s"] = float(
             sizes.stack_overrides.get(
                 "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", SHIPPED_HEARTBEAT_INTERVAL_S
@@ -157,14 +180,16 @@ def run_all(sizes: common.Sizes, log: Callable[[str], None] = log_to_stderr) -> 
         ),
         None,
     )
-    sections["kubernetes"] = run_section(
-        "kubernetes",
-        lambda: kubernetes.run(sizes.kubernetes_noop, CPUS, local_fanout, sizes.stack_overrides),
-        log,
-    )
+    if wanted("kubernetes"):
+        sections["kubernetes"] = run_section(
+            "kubernetes",
+            lambda: kubernetes.run(sizes.kubernetes_noop, CPUS, local_fanout, sizes.stack_overrides),
+            log,
+        )
 
     for name in ("orchestration", "memory"):
-        sections.setdefault(name, {"status": "error", "reason": "; ".join(failures) or "not run"})
+        if wanted(name):
+            sections.setdefault(name, {"status": "error", "reason": "; ".join(failures) or "not run"})
     results["failures"] = failures
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.collect_targets(results)
@@ -193,19 +218,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: every code path in < 2 minutes")
     parser.add_argument("--out", type=Path, help="result JSON (default bench/results/<date>[-quick].json)")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/README.md as it is")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        help=f"comma-separated groups to run, of {', '.join(GROUPS)} (a partial run: "
+        "<date>-partial.json, bench/README.md left as it is, no runtime target)",
+    )
     args = parser.parse_args(argv)
+    if args.only is not None and not args.only <= set(GROUPS):
+        parser.error(f"--only: unknown {sorted(args.only - set(GROUPS))}; groups: {', '.join(GROUPS)}")
     sizes = common.QUICK if args.quick else common.FULL
     # Workload and Dask progress lines would bury the benchmark's own; warnings still show.
     for name in ("distributed", "fanout", "airflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     log_to_stderr(f"fanout benchmarks, {sizes.mode} mode, {CPUS} cores")
-    results = run_all(sizes)
-    out = args.out or RESULTS_DIR / f"{results['date']}{'-quick' if args.quick else ''}.json"
+    results = run_all(sizes, only=args.only)
+    suffix = ("-quick" if args.quick else "") + ("-partial" if args.only is not None else "")
+    out = args.out or RESULTS_DIR / f"{results['date']}{suffix}.json"
     common.write_json(out, results)
     table = report.markdown(results)
     print(table)
     print(f"results: {out}")
-    if not args.quick and not args.no_readme:
+    if not args.quick and not args.no_readme and args.only is None:
         report.update_readme(table, out)
     errors = [name for name, s in results["sections"].items() if s.get("status") == "error"]
     errors += [row["figure"] for row in results["targets"] if row.get("status") == "error"]
