@@ -86,7 +86,7 @@ FULL = Sizes(
     # fanout_preprocess's default rows_per_shard, and a bigger shard
     dask_shard_rows=(500_000, 2_000_000),
     dask_noop_tasks=200,
-    kernel_seconds=2.0,
+    kernel_seconds=1.0,  # per kernel, thread count and policy: 8 measurements
     kernel_policies=("default", "passive"),
     demo_params={
         "fanout_preprocess": {"n_shards": 4, "rows_per_shard": 100_000},
