@@ -21,8 +21,19 @@
    combines the statistics into global normalisation figures and writes the manifest training reads; publishing it emits the
    `fanout_features` asset event, which schedules **fanout_train**.
 
-Outputs live under `preprocess/<run>/` of `FANOUT_ARTIFACT_ROOT`; each unit is verified by its
-`_SUCCESS.json`, so a cleared task skips work already done. The **Fanout report** tab of a run
+**Schedule and partitions.** The DAG runs on `FANOUT_SCHEDULE` (cron, UTC; daily by default),
+each run covering one partition of the data: the run at midnight takes the day before it, key
+`YYYY-MM-DD` (a schedule firing more than daily has minute keys, `YYYY-MM-DDTHHMM`). The
+synthetic generator draws each partition's rows from its key; a user's `dataset_prefix` is read
+at `<dataset_prefix>/<key>/*.parquet`. Catchup is off: past partitions come from a backfill
+(`airflow backfill create`, or the UI's Backfill dialog) with its own bound on concurrent runs.
+
+Outputs live under `preprocess/partitions/<key>/<run>/` of `FANOUT_ARTIFACT_ROOT`, and
+`preprocess/partitions/<key>/current.json` (switched atomically by `merge_stats`) names the
+run whose outputs are the partition's; `preprocess/latest.json` names the newest partition's.
+A run without a partition key (an ad hoc trigger) writes under `preprocess/<run>/` and does not
+schedule training. Each unit is verified by its `_SUCCESS.json`, so a cleared task skips work
+already done. The **Fanout report** tab of a run
 shows the timeline, the rows dropped per reason and the feature statistics.
 """
 
@@ -38,7 +49,10 @@ from fanout.dagkit import (
     default_args,
     fail_fast,
     params,
+    partition_key,
+    preprocess_schedule,
     publish,
+    publish_partition,
     refuse_unknown_conf,
     run_prefix,
 )
@@ -49,7 +63,7 @@ DAG_ID = "fanout_preprocess"
 
 
 def _spec(params: dict):
-    """The synthetic dataset the params describe (fanout.datasets, imported in the task)."""
+    """The synthetic dataset (of this run's partition) the params describe (fanout.datasets, imported in the task)."""
     from fanout.datasets import SyntheticSpec
 
     return SyntheticSpec(
@@ -57,13 +71,20 @@ def _spec(params: dict):
         rows_per_shard=params["rows_per_shard"],
         seed=params["seed"],
         dirt=params["dirt"],
+        partition=partition_key() or "",
     )
+
+
+def _user_dataset(params: dict) -> str:
+    """The user's dataset this run reads: its partition's folder when the run has one."""
+    key = partition_key()
+    return f"{params['dataset_prefix']}/{key}" if key else params["dataset_prefix"]
 
 
 @dag(
     dag_id=DAG_ID,
-    schedule=None,
-    catchup=False,
+    schedule=preprocess_schedule(),
+    catchup=False,  # past partitions are backfilled on purpose, with a bound on concurrent runs
     max_active_runs=1,
     default_args=default_args(),
     tags=[Tag.FANOUT, Tag.PREPROCESSING, Tag.DASK],
@@ -113,6 +134,7 @@ def fanout_preprocess():
 
         refuse_unknown_conf()
         with fail_fast():
+            partition_key()  # a malformed or unknown key fails here, once, before anything is written
             if check_key(params["dataset_prefix"], "param 'dataset_prefix'"):
                 return []
             spec = _spec(params)
@@ -127,7 +149,7 @@ def fanout_preprocess():
             """One raw synthetic shard, streamed a row group at a time.
 
             - **Reads:** the params.
-            - **Writes:** `datasets/rides/v<generator>-seed<seed>-<n_shards>x<rows_per_shard>-dirt<dirt>/`
+            - **Writes:** `datasets/rides/v<generator>-seed<seed>-<n_shards>x<rows_per_shard>-dirt<dirt>/<key>/`
               `shard-<n>.parquet`, staged and renamed (or PUT) into place.
             - **Returns:** the shard's name, rows, SHA-256, size and the dirt injected (a few hundred bytes).
             - **Size:** `generate`, on the CPU node pool: memory holds two row groups whatever the
@@ -164,7 +186,7 @@ def fanout_preprocess():
         store = ArtifactStore()
         with fail_fast():
             if params["dataset_prefix"]:
-                return datasets.list_shards(store, params["dataset_prefix"])
+                return datasets.list_shards(store, _user_dataset(params))
             spec = _spec(params)
             generated = list(generated or [])
             if generated:
@@ -181,7 +203,7 @@ def fanout_preprocess():
             """Clean and featurise one raw shard on the shared Dask cluster; this task is its client.
 
             - **Reads:** the raw shard's Parquet footer (the Dask workers read its rows).
-            - **Writes:** `preprocess/<run>/shards/<shard>/`: `features/part-<n>.parquet` (written by the
+            - **Writes:** `<out>/shards/<shard>/` (`<out>`: `preprocess/partitions/<key>/<run>`): `features/part-<n>.parquet` (written by the
               workers, checked and moved into place here), `stats.json` (partial sums for the global
               statistics) and `_SUCCESS.json` (rows in and out, rows dropped per reason, every part).
             - **Returns:** rows in and out and drops per reason (the workers return ~2 KB a partition).
@@ -210,10 +232,11 @@ def fanout_preprocess():
             """Fan-in: check every shard's output and merge the statistics.
 
             - **Reads:** each shard's `_SUCCESS.json` and statistics.
-            - **Writes:** `preprocess/<run>/merged/manifest.json` (feature columns, global mean and
+            - **Writes:** `<out>/merged/manifest.json` (feature columns, global mean and
               std, rows in and out and drops per reason per shard, every feature file's path and
-              SHA-256) and `_SUCCESS.json`; emits the `fanout_features` asset event that schedules
-              training.
+              SHA-256) and `_SUCCESS.json`; then switches the partition's `current.json` (and
+              `preprocess/latest.json` for the newest partition) to it; emits the partition's
+              `fanout_features` asset event that schedules training.
             - **Size:** `bookkeeping`, on the CPU node pool.
             """
         ),
@@ -227,6 +250,7 @@ def fanout_preprocess():
             summary = featureset.merge_stats(
                 ArtifactStore(), [s["out_unit"] for s in shards], out, min_rows_kept=params["min_rows_kept"]
             )
+        publish_partition("preprocess", manifest=f"{out}/manifest.json")
         publish(FEATURES, manifest=f"{out}/manifest.json")
         return summary
 

@@ -11,7 +11,10 @@ the new model's predicted fare over distance x hour of day (or set the `model` p
 3. **encode_video** checks that the chunks cover every frame, encodes them into an H.264 MP4
    and draws a contact sheet; it emits the `fanout_video` asset event.
 
-Outputs live under `render/<run>/` of `FANOUT_ARTIFACT_ROOT`. The **Fanout report** tab of a
+Scheduled once per partition (the model event's partition key): outputs live under
+`render/partitions/<key>/<run>/`; `render/partitions/<key>/current.json` and `render/latest.json`
+name the partition's and the newest partition's video. A run without a partition key writes
+under `render/<run>/`. The **Fanout report** tab of a
 run plays the video and shows the contact sheet.
 """
 
@@ -27,8 +30,11 @@ from fanout.dagkit import (
     Tag,
     default_args,
     fail_fast,
+    follows,
     params,
+    partition_output,
     publish,
+    publish_partition,
     refuse_unknown_conf,
     run_prefix,
     triggering_extra,
@@ -41,7 +47,7 @@ DAG_ID = "fanout_render"
 
 @dag(
     dag_id=DAG_ID,
-    schedule=[MODEL],
+    schedule=follows(MODEL),  # one run per partition's model, with its partition key
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),
@@ -85,7 +91,12 @@ def fanout_render():
         refuse_unknown_conf()
         with fail_fast():
             chunks = render.plan_chunks(params["n_frames"], params["chunk_size"])
-            model = params["model"] or triggering_extra(MODEL, "model") or ""
+            model = (
+                params["model"]
+                or partition_output("train", "model")
+                or triggering_extra(MODEL, "model")
+                or ""
+            )
             if model:  # checked once here: a bad model fails planning, not every chunk
                 train.load_model(ArtifactStore(), check_key(model, "param 'model'"), device="cpu")
         return [{**chunk, "model": model} for chunk in chunks]
@@ -154,6 +165,7 @@ def fanout_render():
             summary = render.encode_video(
                 ArtifactStore(), [c["out_unit"] for c in chunks], out, fps=params["fps"]
             )
+        publish_partition("render", video=f"{out}/render.mp4", contact_sheet=f"{out}/contact_sheet.png")
         publish(VIDEO, video=f"{out}/render.mp4")
         return summary
 

@@ -2,8 +2,11 @@
 
 Asset **fanout_features** → `plan_trials` → `train_trial` x trials → `select_best` → Asset **fanout_model**
 
-Scheduled by the `fanout_features` event of **fanout_preprocess**: the event names the
-features manifest to train on (or set the `features_manifest` param).
+Scheduled by the `fanout_features` event of **fanout_preprocess**, once per partition: the run
+has the event's partition key and trains on that partition's published features (its
+`current.json`; or set the `features_manifest` param). Outputs live under
+`train/partitions/<key>/<run>/`; `train/partitions/<key>/current.json` and `train/latest.json`
+name the partition's and the newest partition's model.
 
 1. **plan_trials** draws the sweep: trial 0 is a known-good baseline, the others sample the
    learning rate, width, depth, batch size, dropout and activation from a seeded search space.
@@ -16,7 +19,7 @@ features manifest to train on (or set the `features_manifest` param).
    trial has ended: the sweep succeeds when at least `min_success_ratio` of the trials did, and
    it names the failed ones; with fewer it fails.
 
-Outputs live under `train/<run>/` of `FANOUT_ARTIFACT_ROOT`. The **Fanout report** tab of a run
+A run without a partition key writes under `train/<run>/`. The **Fanout report** tab of a run
 shows every trial's loss curves with the best one marked.
 """
 
@@ -32,8 +35,11 @@ from fanout.dagkit import (
     Tag,
     default_args,
     fail_fast,
+    follows,
     params,
+    partition_output,
     publish,
+    publish_partition,
     refuse_unknown_conf,
     run_prefix,
     triggering_extra,
@@ -46,7 +52,7 @@ DAG_ID = "fanout_train"
 
 @dag(
     dag_id=DAG_ID,
-    schedule=[FEATURES],
+    schedule=follows(FEATURES),  # one run per partition of features, with its partition key
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),
@@ -98,9 +104,16 @@ def fanout_train():
 
         refuse_unknown_conf()
         with fail_fast():
-            manifest = params["features_manifest"] or triggering_extra(FEATURES, "manifest")
+            manifest = (
+                params["features_manifest"]
+                or partition_output("preprocess", "manifest")
+                or triggering_extra(FEATURES, "manifest")
+            )
             if not manifest:
-                raise BadInputError("no features_manifest param and no triggering fanout_features event")
+                raise BadInputError(
+                    "no features_manifest param, no published features of this run's partition "
+                    "and no triggering fanout_features event"
+                )
             # Checked once here: a bad manifest fails planning, not every trial.
             train.check_features_manifest(ArtifactStore(), check_key(manifest, "param 'features_manifest'"))
             trials = train.plan_trials(params["n_trials"], epochs=params["epochs"], seed=params["seed"])
@@ -151,9 +164,10 @@ def fanout_train():
               `min_success_ratio` of the trials left a verified output, else fails (no retries).
             - **Reads:** the plan, every trial's `_SUCCESS.json` and `metrics.json`, the best trial's
               `model.pt`.
-            - **Writes:** `train/<run>/best/`: `model.pt`, `metrics.json` (the ranking, every trial's
-              hyper-parameters and per-epoch losses, the failed trials) and `_SUCCESS.json`; emits the
-              `fanout_model` asset event that schedules rendering.
+            - **Writes:** `<out>/best/` (`<out>`: `train/partitions/<key>/<run>`): `model.pt`, `metrics.json` (the ranking, every trial's
+              hyper-parameters and per-epoch losses, the failed trials) and `_SUCCESS.json`; switches the
+              partition's `current.json` (and `train/latest.json`); emits the `fanout_model` asset event
+              that schedules rendering.
             - **Returns:** the best trial, its RMSE, and the failed trials by name.
             - **Size:** `bookkeeping`, on the CPU node pool.
             """
@@ -173,6 +187,7 @@ def fanout_train():
                 min_success_ratio=params["min_success_ratio"],
                 hyperparameters=planned,
             )
+        publish_partition("train", model=summary["model"], metrics=f"{prefix}/best/metrics.json")
         publish(MODEL, model=summary["model"])
         return summary
 

@@ -12,9 +12,16 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from airflow.sdk import Asset, Param, get_current_context
+from airflow.sdk import (
+    Asset,
+    CronPartitionTimetable,
+    Param,
+    PartitionedAssetTimetable,
+    get_current_context,
+)
 from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
 
+from fanout.keys import partition_key_format
 from fanout.settings import SettingsError, settings
 
 OWNER = "fanout"
@@ -103,11 +110,57 @@ def fail_fast() -> Generator[None, None, None]:
         raise AirflowFailException(f"bad input: {err}") from err
 
 
-def run_prefix(kind: str) -> str:
-    """Where this DAG run's artifacts live: ``<kind>/<run id>`` under the artifact root."""
-    from fanout.storage import safe_key
+def preprocess_schedule() -> CronPartitionTimetable:
+    """FANOUT_SCHEDULE as partitions: each tick runs once for the partition that just ended.
 
-    return f"{kind}/{safe_key(get_current_context()['run_id'])}"
+    ``run_offset=-1``: the run at midnight covers the day before it (a run every two minutes,
+    the two minutes before it). The key names the partition (``fanout.keys``); backfills
+    create one run per partition key in their range.
+    """
+    cron = settings().schedule
+    return CronPartitionTimetable(cron, timezone="UTC", run_offset=-1, key_format=partition_key_format(cron))
+
+
+# Training and rendering run once per partition, with the partition key of the event that
+# triggered them (IdentityMapper: the same key downstream).
+def follows(asset: Asset) -> PartitionedAssetTimetable:
+    return PartitionedAssetTimetable(assets=asset)
+
+
+def partition_key() -> str | None:
+    """This run's partition key (checked: malformed or unknown fails the task, unretried), or None."""
+    from fanout.keys import check_partition_key
+
+    key = get_current_context().get("partition_key")
+    return check_partition_key(key) if key else None
+
+
+def run_prefix(kind: str) -> str:
+    """Where this DAG run's artifacts live: its generation of its partition, else ``<kind>/<run id>``."""
+    from fanout.partitions import run_prefix as prefix_of
+
+    return prefix_of(kind, get_current_context()["run_id"], partition_key())
+
+
+def partition_output(kind: str, name: str) -> str | None:
+    """Output ``name`` of this run's partition as its producer last published it (``current.json``)."""
+    key = partition_key()
+    if not key:
+        return None
+    from fanout.partitions import current
+    from fanout.storage import ArtifactStore
+
+    return (current(ArtifactStore(), kind, key) or {}).get(name)
+
+
+def publish_partition(kind: str, **paths: str) -> None:
+    """Switch this run's partition to the outputs it just verified (no-op for an ad hoc run)."""
+    key = partition_key()
+    if key:
+        from fanout.partitions import publish as switch
+        from fanout.storage import ArtifactStore
+
+        switch(ArtifactStore(), kind, key, get_current_context()["run_id"], **paths)
 
 
 def publish(asset: Asset, **extra: Any) -> None:

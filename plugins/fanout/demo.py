@@ -39,6 +39,7 @@ class RunReport:
     tasks: int
     mapped: dict[str, int]
     outputs: dict
+    partition_key: str | None = None
 
     @property
     def parallelism(self) -> float:
@@ -57,7 +58,9 @@ def summarise_run(client: AirflowClient, dag_id: str, run_id: str) -> RunReport:
         if ti["map_index"] >= 0:
             mapped[ti["task_id"]] = mapped.get(ti["task_id"], 0) + 1
     wall = (_ts(run["end_date"]) or time.time()) - (_ts(run["start_date"]) or time.time())
-    return RunReport(dag_id, run_id, run["state"], wall, sum(durations), len(tis), mapped, {})
+    return RunReport(
+        dag_id, run_id, run["state"], wall, sum(durations), len(tis), mapped, {}, run.get("partition_key")
+    )
 
 
 class Progress:
@@ -82,13 +85,23 @@ class Progress:
             self.last = line
 
 
-def run_pipeline(client: AirflowClient, conf: dict | None = None, timeout: float = 1800) -> list[RunReport]:
-    """Trigger preprocessing and follow the runs its assets trigger, to the video."""
+def run_pipeline(
+    client: AirflowClient, conf: dict | None = None, timeout: float = 1800, partition_key: str | None = None
+) -> list[RunReport]:
+    """Trigger preprocessing of one partition and follow the runs its assets trigger, to the video.
+
+    ``partition_key`` defaults to the partition the schedule's last tick covered; training and
+    rendering follow partitioned asset events only.
+    """
+    from fanout.partitions import last_partition_key
+    from fanout.settings import settings
+
     for dag_id in PIPELINE:
         client.unpause(dag_id)
     started = datetime.now(UTC).isoformat()
     reports = []
-    run_id = client.trigger(PIPELINE[0], conf or {})
+    key = partition_key or last_partition_key(settings().schedule)
+    run_id = client.trigger(PIPELINE[0], conf or {}, partition_key=key)
     for index, dag_id in enumerate(PIPELINE):
         if index:
             run_id = client.wait_triggered_run(dag_id, after=started, timeout=300)
@@ -133,15 +146,19 @@ def print_summary(reports: list[RunReport], total_wall: float, artifact_root: st
 
 
 def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, str]:
-    from fanout.storage import safe_key
+    from fanout.partitions import run_prefix
 
-    runs = {r.dag_id: safe_key(r.run_id) for r in reports if r.state == "success"}
+    runs = {
+        r.dag_id: run_prefix(r.dag_id.removeprefix("fanout_"), r.run_id, r.partition_key)
+        for r in reports
+        if r.state == "success"
+    }
     candidates = {
-        "features": ("fanout_preprocess", "preprocess/{run}/merged/manifest.json"),
-        "model": ("fanout_train", "train/{run}/best/model.pt"),
-        "metrics": ("fanout_train", "train/{run}/best/metrics.json"),
-        "video": ("fanout_render", "render/{run}/video/render.mp4"),
-        "contact sheet": ("fanout_render", "render/{run}/video/contact_sheet.png"),
+        "features": ("fanout_preprocess", "{run}/merged/manifest.json"),
+        "model": ("fanout_train", "{run}/best/model.pt"),
+        "metrics": ("fanout_train", "{run}/best/metrics.json"),
+        "video": ("fanout_render", "{run}/video/render.mp4"),
+        "contact sheet": ("fanout_render", "{run}/video/contact_sheet.png"),
     }
     return {
         name: f"{artifact_root}/{rel.format(run=runs[dag_id])}"
@@ -150,8 +167,12 @@ def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, st
     }
 
 
-def make_stack(home: Path, port: int = 0) -> AirflowStack:
-    return AirflowStack(home=home, port=port, dask=True, report=_say)
+DEMO_SCHEDULE = "*/3 * * * *"
+"""``make up``'s cadence unless FANOUT_SCHEDULE is set: a partition every three minutes, to watch."""
+
+
+def make_stack(home: Path, port: int = 0, extra_env: dict[str, str] | None = None) -> AirflowStack:
+    return AirflowStack(home=home, port=port, dask=True, report=_say, extra_env=extra_env or {})
 
 
 def _say(message: str) -> None:
@@ -202,10 +223,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = make_stack(Path(args.home), port=args.port)
+    schedule = os.environ.get("FANOUT_SCHEDULE") or DEMO_SCHEDULE
+    stack = make_stack(Path(args.home), port=args.port, extra_env={"FANOUT_SCHEDULE": schedule})
     client = stack.start()
     try:
         prepare(client, stack)
+        for dag_id in PIPELINE:  # scheduled runs start on their own: one partition per tick
+            client.unpause(dag_id)
+        print(f"fanout_preprocess runs on '{schedule}' (UTC), one partition per run (FANOUT_SCHEDULE)")
         print(f"Airflow UI: {stack.base_url}  user: admin  password: {client.password}")
         print("Each DAG run's page has a 'Fanout report' tab (or open /fanout/runs/<dag_id>/<run_id>).")
         print(describe_dask(stack))

@@ -39,3 +39,40 @@ def check_key(rel: str, what: str = "artifact path") -> str:
             f"{what} {rel!r} {problem}: give a path relative to the artifact root, e.g. datasets/rides/2026-11-01"
         )
     return rel
+
+
+# -- partition keys ----------------------------------------------------------------------------
+# A scheduled run covers one partition of the data: a day ("2026-11-25") when the schedule fires
+# at most once a day, a minute ("2026-11-25T1430", ISO 8601 basic time) when it fires more often
+# (demo cadences). No ':' so a key is a plain path component on every store.
+PARTITION_DAY = "%Y-%m-%d"
+PARTITION_MINUTE = "%Y-%m-%dT%H%M"
+PARTITION_FORMS = {PARTITION_DAY: "YYYY-MM-DD", PARTITION_MINUTE: "YYYY-MM-DDTHHMM"}
+
+
+def partition_key_format(cron: str) -> str:
+    """The key format of a cron schedule: a day if it fires at most daily, else a minute.
+
+    A schedule fires at most once a day when its minute and hour fields are single numbers.
+    """
+    minute, hour = cron.split()[:2]
+    return PARTITION_DAY if minute.isdigit() and hour.isdigit() else PARTITION_MINUTE
+
+
+def check_partition_key(key: object) -> str:
+    """``key`` if it is a partition key in one of ``PARTITION_FORMS``; ``BadInputError`` otherwise.
+
+    Stricter than Airflow's own check (``strptime`` also takes "2026-1-5"): the key must be the
+    exact text its date formats to, so one partition has one name and one folder.
+    """
+    from datetime import datetime
+
+    if isinstance(key, str):
+        for fmt in PARTITION_FORMS:
+            try:
+                if datetime.strptime(key, fmt).strftime(fmt) == key:
+                    return key
+            except ValueError:
+                continue
+    forms = " or ".join(PARTITION_FORMS.values())
+    raise BadInputError(f"partition key {key!r} is not a partition of the data: expected {forms}")

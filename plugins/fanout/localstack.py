@@ -460,10 +460,18 @@ class AirflowClient:
         else:
             self.post("/pools", body)
 
-    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> str:
+    def trigger(
+        self,
+        dag_id: str,
+        conf: dict | None = None,
+        run_id: str | None = None,
+        partition_key: str | None = None,
+    ) -> str:
         body: dict[str, Any] = {"conf": conf or {}, "logical_date": None}
         if run_id:
             body["dag_run_id"] = run_id
+        if partition_key:
+            body["partition_key"] = partition_key
         return self.post(f"/dags/{dag_id}/dagRuns", body)["dag_run_id"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict:

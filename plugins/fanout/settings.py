@@ -97,6 +97,15 @@ def _parse_json(raw: Any) -> Any:
         raise ValueError(f"not valid JSON ({err})") from None
 
 
+def _check_cron(value: str) -> str:
+    """Five cron fields, as croniter (Airflow's parser) reads them; presets like @daily are not partitions."""
+    from croniter import croniter
+
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a five-field cron expression")
+    return " ".join(value.split())
+
+
 # Kubernetes resource quantities as task sizes use them: CPUs ("2", "0.5", "500m") and bytes
 # ("768Mi", "4Gi", "1G", "1500000000").
 _CPU_QUANTITY = re.compile(r"^(?P<number>\d+(\.\d+)?)(?P<suffix>m?)$")
@@ -210,6 +219,11 @@ class Settings(BaseModel):
         "FANOUT_PARAMS",
         'a JSON object of DAG id -> {param: default}, e.g. {"fanout_train": {"epochs": 2}}',
         {},
+    )
+    schedule: Annotated[str, AfterValidator(_check_cron)] = _setting(
+        "FANOUT_SCHEDULE",
+        "a five-field cron expression (UTC) such as '0 0 * * *' (daily) or '*/2 * * * *' (a demo cadence)",
+        "0 0 * * *",
     )
     retries: int = _setting("FANOUT_RETRIES", "a whole number >= 0", 2, ge=0, le=100)
     retry_delay_seconds: float = _setting(

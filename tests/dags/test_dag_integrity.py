@@ -73,8 +73,18 @@ def test_assets_chain_the_pipeline(dagbag):
         "fanout_video": "fanout_render",
     }
     train, render = dagbag.dags["fanout_train"], dagbag.dags["fanout_render"]
-    assert [a.name for a in train.timetable.asset_condition.objects] == ["fanout_features"]
-    assert [a.name for a in render.timetable.asset_condition.objects] == ["fanout_model"]
+    assert train.timetable.asset_condition.name == "fanout_features"
+    assert render.timetable.asset_condition.name == "fanout_model"
+
+
+def test_preprocessing_is_scheduled_one_partition_per_tick_and_the_others_follow_per_partition(dagbag):
+    from airflow.sdk import CronPartitionTimetable, PartitionedAssetTimetable
+
+    preprocess = dagbag.dags["fanout_preprocess"]
+    assert isinstance(preprocess.timetable, CronPartitionTimetable)
+    assert preprocess.catchup is False
+    for dag_id in ("fanout_train", "fanout_render"):
+        assert isinstance(dagbag.dags[dag_id].timetable, PartitionedAssetTimetable)
 
 
 @pytest.mark.parametrize("dag_id", PIPELINE_DAGS)

@@ -14,12 +14,36 @@ from pathlib import Path
 import pytest
 
 from fanout.localstack import AirflowError
+from fanout.partitions import run_prefix
 from fanout.storage import safe_key
 from tests.e2e.conftest import SMALL_PARAMS
 
 
 def _states(client, dag_id, run_id):
     return {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances(dag_id, run_id)}
+
+
+@pytest.fixture(scope="module")
+def outputs(airflow, pipeline):
+    """Where each run of the pipeline wrote: its generation of the partition it covers."""
+    _, client = airflow
+    return {
+        dag_id: run_prefix(
+            dag_id.removeprefix("fanout_"), run_id, client.dag_run(dag_id, run_id)["partition_key"]
+        )
+        for dag_id, run_id in pipeline.items()
+    }
+
+
+def test_one_partition_flows_through_all_three_dags_and_is_published(airflow, store, pipeline, outputs):
+    _, client = airflow
+    keys = {client.dag_run(dag_id, run_id)["partition_key"] for dag_id, run_id in pipeline.items()}
+    assert len(keys) == 1 and None not in keys, keys
+    (key,) = keys
+    for kind, name in (("preprocess", "manifest"), ("train", "model"), ("render", "video")):
+        pointer = store.read_json(f"{kind}/partitions/{key}/current.json")
+        assert pointer["run_id"] == pipeline[f"fanout_{kind}"]
+        assert pointer[name].startswith(outputs[f"fanout_{kind}"] + "/")
 
 
 def test_every_task_of_every_dag_succeeded_with_the_expected_fan_out(airflow, pipeline):
@@ -43,9 +67,9 @@ def test_runs_are_chained_by_assets(airflow, pipeline):
         assert client.dag_run(dag_id, pipeline[dag_id])["run_type"] == "asset_triggered"
 
 
-def test_features_manifest_accounts_for_every_row(store, pipeline):
+def test_features_manifest_accounts_for_every_row(store, outputs):
     params = SMALL_PARAMS["fanout_preprocess"]
-    merged = f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged"
+    merged = f"{outputs['fanout_preprocess']}/merged"
     assert store.verified(merged) is not None
     manifest = store.read_json(f"{merged}/manifest.json")
     assert len(manifest["shards"]) == params["n_shards"]
@@ -59,7 +83,9 @@ def test_features_manifest_accounts_for_every_row(store, pipeline):
         assert store.sha256(feature_file["path"]) == feature_file["sha256"]
 
 
-def test_shards_were_generated_by_mapped_tasks_and_featurised_by_the_dask_workers(airflow, store, pipeline):
+def test_shards_were_generated_by_mapped_tasks_and_featurised_by_the_dask_workers(
+    airflow, store, pipeline, outputs
+):
     stack, client = airflow
     run_id = pipeline["fanout_preprocess"]
     n_shards = SMALL_PARAMS["fanout_preprocess"]["n_shards"]
@@ -71,15 +97,15 @@ def test_shards_were_generated_by_mapped_tasks_and_featurised_by_the_dask_worker
     with Client(stack.dask_cluster.address, set_as_default=False) as dask:
         workers = set(dask.nthreads())
     for index in range(n_shards):
-        recorded = store.verified(f"preprocess/{safe_key(run_id)}/shards/shard-{index:05d}")
+        recorded = store.verified(f"{outputs['fanout_preprocess']}/shards/shard-{index:05d}")
         assert recorded["executor"] == stack.dask_cluster.address
         assert {part["worker"] for part in recorded["parts"]} <= workers, "written by the local workers"
 
 
-def test_best_model_is_the_lowest_validation_error(store, pipeline):
-    best = f"train/{safe_key(pipeline['fanout_train'])}/best"
+def test_best_model_is_the_lowest_validation_error(store, outputs):
+    best = f"{outputs['fanout_train']}/best"
     assert store.verified(best) is not None
-    trials_dir = f"train/{safe_key(pipeline['fanout_train'])}/trials"
+    trials_dir = f"{outputs['fanout_train']}/trials"
     trial_rmse = [store.verified(f"{trials_dir}/{name}")["val_rmse"] for name in store.listdir(trials_dir)]
     assert len(trial_rmse) == SMALL_PARAMS["fanout_train"]["n_trials"]
     assert store.verified(best)["val_rmse"] == min(trial_rmse)
@@ -87,10 +113,10 @@ def test_best_model_is_the_lowest_validation_error(store, pipeline):
         assert store.exists(f"{best}/{name}")
 
 
-def test_video_has_every_frame(store, pipeline):
+def test_video_has_every_frame(store, outputs):
     import imageio.v2 as imageio
 
-    video = f"render/{safe_key(pipeline['fanout_render'])}/video"
+    video = f"{outputs['fanout_render']}/video"
     assert store.verified(video) is not None
     with store.local_copy(f"{video}/render.mp4") as path, imageio.get_reader(path) as reader:
         frames = [frame.shape for frame in reader]
@@ -176,12 +202,12 @@ def test_bad_param_is_rejected_at_trigger_naming_it(airflow):
         client.trigger("fanout_preprocess", {"n_shards": 0})
 
 
-def test_corrupt_shard_fails_fast_and_keeps_earlier_outputs(airflow, store, pipeline):
+def test_corrupt_shard_fails_fast_and_keeps_earlier_outputs(airflow, store, outputs):
     _, client = airflow
-    merged = f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged"
+    merged = f"{outputs['fanout_preprocess']}/merged"
     before = store.verified(merged)
     # A user dataset of one good shard (a copy of a generated one) and one truncated copy.
-    raw_root = _generated_dataset(store)
+    raw_root = _generated_dataset(store, outputs)
     first = next(name for name in store.listdir(raw_root) if name.endswith(".parquet"))
     raw = store.read_bytes(f"{raw_root}/{first}")
     store.write_bytes("datasets/user-upload/part-0.parquet", raw)
@@ -202,11 +228,12 @@ def test_corrupt_shard_fails_fast_and_keeps_earlier_outputs(airflow, store, pipe
     assert store.verified(merged) == before
 
 
-def _generated_dataset(store) -> str:
-    """Where the pipeline's synthetic dataset is (SMALL_PARAMS with the DAG's other defaults)."""
+def _generated_dataset(store, outputs) -> str:
+    """Where the pipeline's synthetic partition is (SMALL_PARAMS with the DAG's other defaults)."""
     from fanout.datasets import SyntheticSpec
 
     params = SMALL_PARAMS["fanout_preprocess"]
+    key = outputs["fanout_preprocess"].split("/")[2]  # preprocess/partitions/<key>/<run>
     return SyntheticSpec(
-        n_shards=params["n_shards"], rows_per_shard=params["rows_per_shard"], seed=7
+        n_shards=params["n_shards"], rows_per_shard=params["rows_per_shard"], seed=7, partition=key
     ).default_prefix()

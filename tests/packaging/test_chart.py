@@ -98,6 +98,7 @@ def test_settings_carry_what_task_pods_need_by_default():
     assert data["FANOUT_OBJECT_STORE_SECRET"] == "fanout-object-store"
     assert data["DASK_SCHEDULER_ADDRESS"] == f"tcp://fanout-dask-scheduler.{NAMESPACE}.svc.cluster.local:8786"
     assert data["FANOUT_DEVICE"] == "auto"
+    assert data["FANOUT_SCHEDULE"] == "0 0 * * *"
     assert (
         data["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
         == "http://airflow-api-server.airflow.svc.cluster.local:8080/execution/"

@@ -127,3 +127,23 @@ def test_the_listing_puts_outputs_before_frames_and_says_how_many_it_left_out():
     files = {f"chunks/chunk-0000/frame-{i:05d}.png": 10 for i in range(5)} | {"video/render.mp4": 99}
     listed, more = outputs.listing(files, limit=3)
     assert listed[0] == ("video/render.mp4", 99) and len(listed) == 3 and more == 3
+
+
+def test_a_partitioned_run_keeps_its_artifacts_under_its_partition(store):
+    run, key = "backfill__2026-11-20T00:00:00+00:00__2026-11-20__ab", "2026-11-20"
+    prefix = outputs.run_prefix(DAG, run, key)
+    assert prefix == "render/partitions/2026-11-20/backfill__2026-11-20T00_00_00_00_00__2026-11-20__ab"
+    store.write_bytes(f"{prefix}/video/render.mp4", b"\x00\x00\x00\x18ftypmp42")
+    store.write_bytes(f"render/partitions/2026-11-21/{run}/video/render.mp4", b"another partition's video")
+    assert outputs.collect(store, DAG, run, key).video == "video/render.mp4"
+    assert outputs.resolve(store, DAG, run, "video/render.mp4", key) == f"{prefix}/video/render.mp4"
+    with pytest.raises(outputs.ArtifactNotFound):
+        outputs.resolve(store, DAG, run, "../../2026-11-21/" + run + "/video/render.mp4", key)
+
+
+@pytest.mark.parametrize("key", ["../../..", "2026-11-20/../../x", "2026-1-5"])
+def test_a_malformed_partition_key_serves_nothing(store, key):
+    with pytest.raises(outputs.ArtifactNotFound):
+        outputs.resolve(store, DAG, RUN, "video/render.mp4", key)
+    out = outputs.collect(store, DAG, RUN, key)
+    assert out.files == {} and "malformed" in out.problems[0]

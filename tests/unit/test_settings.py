@@ -48,6 +48,9 @@ def test_values_are_parsed_into_their_types():
         ("FANOUT_PARAMS", "[1, 2]", "a JSON object of DAG id"),
         ("FANOUT_PARAMS", '{"fanout_train": 3}', "a JSON object of DAG id"),
         ("FANOUT_DEVICE", "tpu", "auto, cpu or cuda"),
+        ("FANOUT_SCHEDULE", "every day", "a five-field cron expression"),
+        ("FANOUT_SCHEDULE", "@daily", "a five-field cron expression"),
+        ("FANOUT_SCHEDULE", "0 25 * * *", "a five-field cron expression"),
         ("FANOUT_TASK_CPUS", "0", "a number of CPUs > 0"),
         ("DASK_SCHEDULER_ADDRESS", "dask-scheduler", "tcp://dask-scheduler:8786"),
         ("FANOUT_GPU_POOL_SELECTOR", "fanout.io/pool", "node labels key=value"),
@@ -85,3 +88,8 @@ def test_settings_follow_the_environment(monkeypatch):
     assert settings().retries == 3
     monkeypatch.setenv("FANOUT_RETRIES", "4")
     assert settings().retries == 4
+
+
+def test_the_schedule_is_daily_by_default_and_takes_a_demo_cadence():
+    assert settings({}).schedule == "0 0 * * *"
+    assert settings({"FANOUT_SCHEDULE": " */2  * * * * "}).schedule == "*/2 * * * *"

@@ -69,7 +69,7 @@ class Report:
         # A chained run of a DAG this user may not read is left out, not shown.
         self.chain = [c for c in chain if (c.dag_id == dag_id) or auth.may_read(user, c.dag_id)]
         self.summary = timeline.summarise(self.run)
-        self.outputs = outputs.collect(_store(), dag_id, run_id)
+        self.outputs = outputs.collect(_store(), dag_id, run_id, self.run.partition_key)
         self.problems += self.outputs.problems
         self.base = request.scope.get("root_path", "").rstrip("/")
 
@@ -192,12 +192,14 @@ def create_app() -> FastAPI:
         from airflow.models.dagrun import DagRun
         from sqlalchemy import select
 
-        exists = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        found = session.execute(
+            select(DagRun.id, DagRun.partition_key).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+        ).first()
         store = _store()
         try:
-            if exists is None:
+            if found is None:
                 raise outputs.ArtifactNotFound(path)
-            full = outputs.resolve(store, dag_id, run_id, path)
+            full = outputs.resolve(store, dag_id, run_id, path, found.partition_key)
         except outputs.ArtifactNotFound:
             raise HTTPException(404, "Not found") from None
         media_type, inline = outputs.media_type(full)

@@ -174,6 +174,8 @@ class Run:
     tasks: dict[str, Task] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     conf: dict = field(default_factory=dict)
+    partition_key: str | None = None
+    """The data partition a scheduled or backfilled run covers; its artifacts are kept by it."""
 
     @property
     def wall_seconds(self) -> float | None:

@@ -1,7 +1,8 @@
 """A run's artifacts: where they are, which ones the report shows, and which paths it serves.
 
-A fanout DAG ``fanout_<kind>`` writes everything of a run under ``<kind>/<run>/`` of the
-artifact root (``fanout.dagkit.run_prefix``): that folder is all the report serves for the run.
+A fanout DAG ``fanout_<kind>`` writes everything of a run under ``<kind>/partitions/<key>/<run>/``
+(a run with a partition key) or ``<kind>/<run>/`` of the artifact root (``fanout.partitions.run_prefix``):
+that folder is all the report serves for the run.
 A requested path is served only if it names a file inside it (no ``..``, no absolute path, no
 hidden or staged file, no link leading out on a local store); anything else is "not found",
 exactly like a file that does not exist, so the answer tells nothing about the rest of the store.
@@ -20,7 +21,9 @@ import mimetypes
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanout.storage import MANIFEST, ArtifactStore, safe_key
+from fanout import partitions
+from fanout.errors import BadInputError
+from fanout.storage import MANIFEST, ArtifactStore
 
 PREPROCESS_MANIFEST = "merged/manifest.json"
 TRAIN_METRICS = "best/metrics.json"
@@ -44,14 +47,19 @@ class ArtifactNotFound(LookupError):
     pass
 
 
-def run_prefix(dag_id: str, run_id: str) -> str:
-    """``<kind>/<run>``: where a run of ``fanout_<kind>`` keeps its artifacts."""
-    return f"{dag_id.removeprefix('fanout_')}/{safe_key(run_id)}"
+def run_prefix(dag_id: str, run_id: str, partition_key: str | None = None) -> str:
+    """Where a run of ``fanout_<kind>`` keeps its artifacts; ArtifactNotFound for a malformed key."""
+    try:
+        return partitions.run_prefix(dag_id.removeprefix("fanout_"), run_id, partition_key)
+    except BadInputError:
+        raise ArtifactNotFound(partition_key) from None
 
 
-def resolve(store: ArtifactStore, dag_id: str, run_id: str, rel: str) -> str:
+def resolve(
+    store: ArtifactStore, dag_id: str, run_id: str, rel: str, partition_key: str | None = None
+) -> str:
     """The store path of ``rel`` inside the run's artifacts; ArtifactNotFound for anything else."""
-    prefix = run_prefix(dag_id, run_id)
+    prefix = run_prefix(dag_id, run_id, partition_key)
     name = rel.split("/")[-1] if rel else ""
     if not rel or name.startswith(".") or not store.contains(prefix, rel):
         raise ArtifactNotFound(rel)
@@ -98,9 +106,12 @@ def _json(store: ArtifactStore, path: str, problems: list[str]) -> Any | None:
         return None
 
 
-def collect(store: ArtifactStore, dag_id: str, run_id: str) -> Outputs:
+def collect(store: ArtifactStore, dag_id: str, run_id: str, partition_key: str | None = None) -> Outputs:
     """What the run wrote, and the manifests the report shows."""
-    prefix = run_prefix(dag_id, run_id)
+    try:
+        prefix = run_prefix(dag_id, run_id, partition_key)
+    except ArtifactNotFound:
+        return Outputs(prefix="", problems=[f"the run's partition key {partition_key!r} is malformed"])
     out = Outputs(prefix=prefix, files=store.files(prefix))
     out.units = [
         rel.removesuffix(MANIFEST).rstrip("/") for rel in out.files if rel.rsplit("/", 1)[-1] == MANIFEST

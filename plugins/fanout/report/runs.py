@@ -215,6 +215,7 @@ def load_run(
         tasks=tasks,
         limits=limits,
         conf=dict(dag_run.conf or {}),
+        partition_key=dag_run.partition_key,
     )
 
 

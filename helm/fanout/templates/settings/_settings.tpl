@@ -31,6 +31,8 @@ one line here. extraSettings are added last and may not replace a setting made h
 {{- /* Compute */ -}}
 {{- $_ := set $s "DASK_SCHEDULER_ADDRESS" (ternary (include "fanout.daskSchedulerAddress" .) "" .Values.dask.enabled) -}}
 {{- $_ := set $s "FANOUT_DEVICE" .Values.device -}}
+{{- /* Schedule */ -}}
+{{- $_ := set $s "FANOUT_SCHEDULE" .Values.schedule -}}
 {{- /* Airflow */ -}}
 {{- $_ := set $s "AIRFLOW__CORE__EXECUTION_API_SERVER_URL" (include "fanout.executionApiServerUrl" .) -}}
 {{- $_ := set $s "AIRFLOW__LOGGING__REMOTE_LOGGING" (ternary "True" "False" .Values.remoteLogging.enabled) -}}
