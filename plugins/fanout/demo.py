@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fanout.localstack import PROJECT_ROOT, AirflowClient, AirflowStack
+from fanout.localstack import PROJECT_ROOT, AirflowClient, AirflowError, AirflowStack
 
 PIPELINE = ("fanout_preprocess", "fanout_train", "fanout_render")
 
@@ -40,6 +40,13 @@ class RunReport:
     mapped: dict[str, int]
     outputs: dict
     partition_key: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Where the run wrote its outputs (its generation of its partition, see fanout.partitions)."""
+        from fanout.partitions import run_prefix
+
+        return run_prefix(self.dag_id.removeprefix("fanout_"), self.run_id, self.partition_key)
 
     @property
     def parallelism(self) -> float:
@@ -104,13 +111,31 @@ def run_pipeline(
     run_id = client.trigger(PIPELINE[0], conf or {}, partition_key=key)
     for index, dag_id in enumerate(PIPELINE):
         if index:
-            run_id = client.wait_triggered_run(dag_id, after=started, timeout=300)
+            run_id = wait_partition_run(client, dag_id, key, after=started)
         print(f"{time.strftime('%H:%M:%S')} {dag_id}: run {run_id}", flush=True)
         run = client.wait_run(dag_id, run_id, timeout=timeout, on_poll=Progress(dag_id), interval=2)
         reports.append(summarise_run(client, dag_id, run_id))
         if run["state"] != "success":
             break
     return reports
+
+
+def wait_partition_run(client: AirflowClient, dag_id: str, key: str, after: str, timeout: float = 300) -> str:
+    """The first asset-triggered run of ``dag_id`` for partition ``key`` queued after ``after`` (ISO time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [
+            r
+            for r in client.dag_runs(dag_id)
+            if r["run_type"] == "asset_triggered"
+            and r.get("partition_key") == key
+            and (r.get("queued_at") or "") > after
+        ]
+        if runs:
+            return min(runs, key=lambda r: r["queued_at"])["dag_run_id"]
+        if time.monotonic() > deadline:
+            raise AirflowError(f"no asset-triggered run of {dag_id} for partition {key} within {timeout}s")
+        time.sleep(1)
 
 
 def print_summary(reports: list[RunReport], total_wall: float, artifact_root: str) -> dict:
@@ -146,13 +171,7 @@ def print_summary(reports: list[RunReport], total_wall: float, artifact_root: st
 
 
 def locate_outputs(reports: list[RunReport], artifact_root: str) -> dict[str, str]:
-    from fanout.partitions import run_prefix
-
-    runs = {
-        r.dag_id: run_prefix(r.dag_id.removeprefix("fanout_"), r.run_id, r.partition_key)
-        for r in reports
-        if r.state == "success"
-    }
+    runs = {r.dag_id: r.prefix for r in reports if r.state == "success"}
     candidates = {
         "features": ("fanout_preprocess", "{run}/merged/manifest.json"),
         "model": ("fanout_train", "{run}/best/model.pt"),

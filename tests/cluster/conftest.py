@@ -36,6 +36,7 @@ class PipelineRun:
 
     run_ids: dict[str, str]  # dag_id -> run_id
     task_instances: dict[str, list[dict]]  # dag_id -> its task instances
+    prefixes: dict[str, str]  # dag_id -> where its run wrote (fanout.partitions.run_prefix)
 
     def tis(self, dag_id: str, task_id: str) -> list[dict]:
         return [ti for ti in self.task_instances[dag_id] if ti["task_id"] == task_id]
@@ -54,7 +55,9 @@ def pipeline(cp: ClusterPipeline) -> PipelineRun:
                 lambda r=record: r.finished_at, timeout=30, message=f"{record.name} never exited"
             )
     return PipelineRun(
-        run_ids, {dag_id: cp.client.task_instances(dag_id, run_id) for dag_id, run_id in run_ids.items()}
+        run_ids,
+        {dag_id: cp.client.task_instances(dag_id, run_id) for dag_id, run_id in run_ids.items()},
+        {r.dag_id: r.prefix for r in reports},
     )
 
 

@@ -36,8 +36,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fanout.demo import PIPELINE, Progress, RunReport, prepare, summarise_run
+from fanout.demo import PIPELINE, Progress, RunReport, prepare, summarise_run, wait_partition_run
 from fanout.localstack import PROJECT_ROOT, AirflowClient, AirflowStack
+from fanout.partitions import last_partition_key
 from fanout.pods import pool_nodes
 from fanout.pools import GPU
 from fanout.settings import settings as fanout_settings
@@ -307,10 +308,11 @@ def run_pipeline_on(cp: ClusterPipeline, conf: dict | None = None, timeout: floa
     started = datetime.now(UTC).isoformat()
     stuck = fail_if_a_pod_is_stuck(cp.pods)
     reports = []
-    run_id = client_.trigger(PIPELINE[0], conf or {})
+    key = last_partition_key(fanout_settings().schedule)  # training and rendering follow a partition
+    run_id = client_.trigger(PIPELINE[0], conf or {}, partition_key=key)
     for index, dag_id in enumerate(PIPELINE):
         if index:
-            run_id = client_.wait_triggered_run(dag_id, after=started, timeout=120)
+            run_id = wait_partition_run(client_, dag_id, key, after=started, timeout=120)
         print(f"{time.strftime('%H:%M:%S')} {dag_id}: run {run_id}", flush=True)
         progress = Progress(dag_id)
 

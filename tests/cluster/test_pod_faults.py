@@ -111,7 +111,7 @@ def _trigger_with_an_eviction_before_start(cp: ClusterPipeline, model: str) -> t
 
 @pytest.fixture(scope="module")
 def disturbed_render(cp: ClusterPipeline, pipeline) -> DisturbedRun:
-    model = f"train/{safe_key(pipeline.run_ids['fanout_train'])}/best/model.pt"
+    model = f"{pipeline.prefixes['fanout_train']}/best/model.pt"
     if cp.harness is not None:
         run_id, evicted = _trigger_with_an_eviction_before_start(cp, model)
         faults = NODE_FAULTS + API_FAULTS
@@ -159,7 +159,7 @@ def test_a_pod_killed_mid_task_is_retried_and_the_run_succeeds(cp, disturbed_ren
 
 def test_the_disturbed_run_outputs_are_identical_to_the_undisturbed_run(cp, pipeline, disturbed_render):
     store = ArtifactStore(str(cp.artifact_root))
-    undisturbed = f"render/{safe_key(pipeline.run_ids[DAG_ID])}"
+    undisturbed = pipeline.prefixes[DAG_ID]
     disturbed = f"render/{safe_key(disturbed_render.run_id)}"
     chunks = sorted(store.listdir(f"{undisturbed}/chunks"))
     assert chunks and sorted(store.listdir(f"{disturbed}/chunks")) == chunks

@@ -24,7 +24,6 @@ import yaml
 
 from fanout.demo import PIPELINE, run_pipeline
 from fanout.localstack import PROJECT_ROOT, AirflowClient, AirflowError, free_port
-from fanout.storage import safe_key
 from tests.e2e.conftest import SMALL_PARAMS
 from tests.images.engine import AIRFLOW_IMAGE, POSTGRES_IMAGE, build_images, docker, engine_env
 
@@ -161,12 +160,18 @@ def client(stack) -> AirflowClient:
 
 
 @pytest.fixture(scope="module")
-def pipeline(stack, client) -> dict[str, str]:
-    """One trigger through the REST API: {dag_id: run_id} of the three runs."""
+def reports(stack, client) -> dict:
+    """One trigger through the REST API: {dag_id: RunReport} of the three runs."""
     reports = run_pipeline(client, timeout=900)
     states = [(r.dag_id, r.state) for r in reports]
     assert states == [(d, "success") for d in PIPELINE], stack.compose("logs", "--tail", "50").stdout[-6000:]
-    return {r.dag_id: r.run_id for r in reports}
+    return {r.dag_id: r for r in reports}
+
+
+@pytest.fixture(scope="module")
+def pipeline(reports) -> dict[str, str]:
+    """{dag_id: run_id} of the three runs."""
+    return {dag_id: r.run_id for dag_id, r in reports.items()}
 
 
 def test_the_pipeline_runs_to_the_video_through_the_rest_api(client, pipeline):
@@ -194,11 +199,11 @@ def test_fanout_params_reach_the_asset_triggered_runs(client, pipeline):
     assert len(chunks) == render["n_frames"] // render["chunk_size"]
 
 
-def test_outputs_are_in_the_artifacts_volume(stack, pipeline):
+def test_outputs_are_in_the_artifacts_volume(stack, reports):
     units = {
-        "features": f"preprocess/{safe_key(pipeline['fanout_preprocess'])}/merged",
-        "model": f"train/{safe_key(pipeline['fanout_train'])}/best",
-        "video": f"render/{safe_key(pipeline['fanout_render'])}/video",
+        "features": f"{reports['fanout_preprocess'].prefix}/merged",
+        "model": f"{reports['fanout_train'].prefix}/best",
+        "video": f"{reports['fanout_render'].prefix}/video",
     }
     script = textwrap.dedent(
         f"""

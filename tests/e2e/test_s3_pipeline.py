@@ -17,7 +17,7 @@ import pytest
 
 from fanout.demo import PIPELINE, prepare, run_pipeline
 from fanout.localstack import AirflowStack
-from fanout.storage import ArtifactStore, safe_key
+from fanout.storage import ArtifactStore
 from tests.e2e.conftest import SMALL_PARAMS
 
 BUCKET = "fanout-e2e"
@@ -48,7 +48,7 @@ def s3_stack(s3_server, tmp_path_factory):
         prepare(client, stack)
         reports = run_pipeline(client, timeout=600)
         assert [(r.dag_id, r.state) for r in reports] == [(d, "success") for d in PIPELINE]
-        yield stack, client, {r.dag_id: r.run_id for r in reports}
+        yield stack, client, {r.dag_id: r for r in reports}
     finally:
         stack.stop()
 
@@ -61,24 +61,26 @@ def s3_store(s3_server, monkeypatch):
 
 
 def test_every_output_is_committed_in_the_bucket(s3_stack, s3_store, s3_server):
-    _, _, runs = s3_stack
+    _, _, reports = s3_stack
+    prefixes = {dag_id: report.prefix for dag_id, report in reports.items()}
     units = [
-        f"preprocess/{safe_key(runs['fanout_preprocess'])}/merged",
-        f"train/{safe_key(runs['fanout_train'])}/best",
-        f"render/{safe_key(runs['fanout_render'])}/video",
+        f"{prefixes['fanout_preprocess']}/merged",
+        f"{prefixes['fanout_train']}/best",
+        f"{prefixes['fanout_render']}/video",
     ]
     for unit in units:
         assert s3_store.verified(unit) is not None, unit
     keys = s3_server.keys(BUCKET, "artifacts/")
     for shard in range(SMALL_PARAMS["fanout_preprocess"]["n_shards"]):
-        unit = f"preprocess/{safe_key(runs['fanout_preprocess'])}/shards/shard-{shard:05d}"
+        unit = f"{prefixes['fanout_preprocess']}/shards/shard-{shard:05d}"
         assert f"artifacts/{unit}/features/part-00000.parquet" in keys
         assert s3_store.verified(unit)["executor"].startswith("tcp://"), "written by the Dask workers"
-    assert f"artifacts/render/{safe_key(runs['fanout_render'])}/video/render.mp4" in keys
+    assert f"artifacts/{prefixes['fanout_render']}/video/render.mp4" in keys
 
 
 def test_every_task_log_is_read_from_the_bucket_after_local_logs_are_gone(s3_stack, s3_server):
-    stack, client, runs = s3_stack
+    stack, client, reports = s3_stack
+    runs = {dag_id: report.run_id for dag_id, report in reports.items()}
     local_logs = sorted((stack.home / "logs").glob("dag_id=*"))
     assert local_logs, "the tasks wrote local log files first"
     for folder in local_logs:
