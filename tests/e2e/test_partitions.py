@@ -66,12 +66,12 @@ def _checksums(store, prefixes: list[str]) -> dict[str, str]:
     return {f"{p}/{rel}": store.sha256(f"{p}/{rel}") for p in prefixes for rel in store.files(p)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fast_stack(tmp_path_factory):
     """A second, small stack whose schedule fires every minute: the compressed cadence.
 
     No Dask (a shard's graph runs inside its task) and only preprocessing unpaused: this stack
-    shows that the scheduler starts runs by itself, nothing more.
+    shows that the scheduler starts runs by itself, nothing more; it stops after its test.
     """
     root = tmp_path_factory.mktemp("fast-artifacts")
     stack = AirflowStack(
@@ -102,7 +102,6 @@ def test_a_scheduled_run_starts_on_its_own_for_the_partition_its_tick_closes(fas
         150,
         "a scheduled run of fanout_preprocess",
     )[-1]
-    client.patch(f"/dags/{PREPROCESS}", {"is_paused": True})  # one tick is enough
     key = scheduled["partition_key"]
     tick = datetime.fromisoformat(scheduled["run_after"]).astimezone(UTC)
     # run_offset=-1: the run at a tick covers the minute before it.
