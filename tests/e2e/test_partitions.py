@@ -8,6 +8,8 @@ schedule is the daily default: three past days are backfilled, and one of them i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -171,6 +173,19 @@ def test_the_backfill_ran_at_most_its_bound_of_partitions_at_once(backfill):
     assert 1 <= backfill["most_running"] <= 2
 
 
+def test_catchup_is_off_after_the_backfill_only_the_latest_closed_partition_is_scheduled(airflow, backfill):
+    """The days between the backfill and today are not run in a burst: only the last tick's partition."""
+    _, client = airflow
+    yesterday = datetime.fromtimestamp(time.time() - 86_400, UTC).strftime("%Y-%m-%d")
+    scheduled = _wait(
+        lambda: [r for r in _runs(client, PREPROCESS) if r["run_type"] == "scheduled"],
+        120,
+        "the scheduled run of the latest partition",
+    )
+    assert [r["partition_key"] for r in scheduled] == [yesterday]
+    assert client.wait_run(PREPROCESS, scheduled[0]["dag_run_id"], timeout=300)["state"] == "success"
+
+
 def test_latest_names_the_newest_partition(backfill, store):
     for kind in KINDS.values():
         keys = [
@@ -182,7 +197,7 @@ def test_latest_names_the_newest_partition(backfill, store):
 
 
 def test_rerunning_one_partition_replaces_it_and_leaves_the_others_untouched(airflow, backfill, store):
-    _, client = airflow
+    stack, client = airflow
     others = [
         store.read_json(f"{kind}/partitions/{key}/current.json")["prefix"]
         for key in (BACKFILL_DAYS[0], BACKFILL_DAYS[2])
@@ -196,8 +211,20 @@ def test_rerunning_one_partition_replaces_it_and_leaves_the_others_untouched(air
     }
     key = BACKFILL_DAYS[1]
     old = store.read_json(f"preprocess/partitions/{key}/current.json")
+    # One backfill per DAG at a time: the scheduler closes the first once its runs are done.
+    _wait(lambda: client.get(f"/backfills/{backfill['id']}")["completed_at"], 120, "the backfill completed")
     started = datetime.now(UTC).isoformat()
-    client.trigger(PREPROCESS, TINY, partition_key=key)
+    # The CLI's way to redo one partition: a one-day backfill that reprocesses completed runs.
+    command = ["backfill", "create", "--dag-id", PREPROCESS, "--from-date", key, "--to-date", key]
+    redo = ["--reprocess-behavior", "completed", "--dag-run-conf", json.dumps(TINY)]
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", *command, *redo],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     runs = _pipeline_of(client, key, started)
     assert {dag_id: r["state"] for dag_id, r in runs.items()} == dict.fromkeys(KINDS, "success")
 
