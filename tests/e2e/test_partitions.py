@@ -1,8 +1,9 @@
 """Scheduled runs, one data partition per run, and backfills through the real scheduler.
 
-The scheduled run is watched on a second, small stack with a one-minute cadence (so no other
-test sees scheduled runs); the backfill, the re-run and bad keys use the session's stack, whose
-schedule is the daily default: three past days are backfilled, and one of them is re-run.
+Two small stacks of their own (tiny params for all three DAGs, no Dask: test_local_pipeline runs
+the pipeline at test scale on the shared Dask cluster): one with a one-minute cadence, to watch a
+scheduled run start by itself; one with the daily default, where three past days are backfilled,
+one of them re-run, and bad keys refused.
 """
 
 from __future__ import annotations
@@ -24,8 +25,30 @@ PREPROCESS, TRAIN, RENDER = "fanout_preprocess", "fanout_train", "fanout_render"
 KINDS = {PREPROCESS: "preprocess", TRAIN: "train", RENDER: "render"}
 FAST = "* * * * *"
 BACKFILL_DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
-# Tiny partitions: the point is the runs, not the rows.
-TINY = {"n_shards": 2, "rows_per_shard": 5_000}
+# Tiny partitions, models and videos: the point is the runs, not the rows.
+TINY = {"n_shards": 2, "rows_per_shard": 2_000}
+TINY_PARAMS = {
+    PREPROCESS: TINY,
+    TRAIN: {"n_trials": 1, "epochs": 1, "max_rows": 1_000},
+    RENDER: {"n_frames": 2, "chunk_size": 2, "width": 32, "height": 18, "samples": 1, "fps": 2},
+}
+
+
+def _stack(tmp_path_factory, name: str, **env: str) -> tuple[AirflowStack, ArtifactStore]:
+    """A small stack of its own: tiny params, no Dask (a shard's graph runs inside its task)."""
+    root = tmp_path_factory.mktemp(f"{name}-artifacts")
+    stack = AirflowStack(
+        home=tmp_path_factory.mktemp(f"{name}-airflow-home"),
+        parallelism=2,
+        extra_env={
+            "FANOUT_ARTIFACT_ROOT": str(root),
+            "FANOUT_PARAMS": json.dumps(TINY_PARAMS),
+            "FANOUT_RETRY_DELAY_SECONDS": "1",
+            "FANOUT_DEVICE": "cpu",
+            **env,
+        },
+    )
+    return stack, ArtifactStore(str(root))
 
 
 def _runs(client, dag_id: str) -> list[dict]:
@@ -70,29 +93,32 @@ def _checksums(store, prefixes: list[str]) -> dict[str, str]:
 
 @pytest.fixture
 def fast_stack(tmp_path_factory):
-    """A second, small stack whose schedule fires every minute: the compressed cadence.
-
-    No Dask (a shard's graph runs inside its task) and only preprocessing unpaused: this stack
-    shows that the scheduler starts runs by itself, nothing more; it stops after its test.
-    """
-    root = tmp_path_factory.mktemp("fast-artifacts")
-    stack = AirflowStack(
-        home=tmp_path_factory.mktemp("fast-airflow-home"),
-        parallelism=2,
-        extra_env={
-            "FANOUT_ARTIFACT_ROOT": str(root),
-            "FANOUT_PARAMS": json.dumps({PREPROCESS: TINY}),
-            "FANOUT_SCHEDULE": FAST,
-            "FANOUT_RETRY_DELAY_SECONDS": "1",
-            "FANOUT_DEVICE": "cpu",
-        },
-    )
+    """A stack whose schedule fires every minute (the compressed cadence), only preprocessing
+    unpaused: it shows that the scheduler starts runs by itself; it stops after its test."""
+    stack, store = _stack(tmp_path_factory, "fast", FANOUT_SCHEDULE=FAST)
     client = stack.start()
     try:
         prepare(client, stack)
-        yield client, ArtifactStore(str(root))
+        yield client, store
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    """The daily default schedule; backfills, re-runs and bad keys (its own stack: tiny params)."""
+    stack, store = _stack(tmp_path_factory, "partitioned")
+    client = stack.start()
+    try:
+        prepare(client, stack)
+        yield stack, client, store
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def store(airflow):
+    return airflow[2]
 
 
 def test_a_scheduled_run_starts_on_its_own_for_the_partition_its_tick_closes(fast_stack):
@@ -119,7 +145,7 @@ def test_a_scheduled_run_starts_on_its_own_for_the_partition_its_tick_closes(fas
 @pytest.fixture(scope="module")
 def backfill(airflow):
     """Three past days backfilled through the api-server (what the UI's Backfill dialog posts)."""
-    _, client = airflow
+    _, client, _ = airflow
     for dag_id in KINDS:
         client.unpause(dag_id)
     started = datetime.now(UTC).isoformat()
@@ -175,7 +201,7 @@ def test_the_backfill_ran_at_most_its_bound_of_partitions_at_once(backfill):
 
 def test_catchup_is_off_after_the_backfill_only_the_latest_closed_partition_is_scheduled(airflow, backfill):
     """The days between the backfill and today are not run in a burst: only the last tick's partition."""
-    _, client = airflow
+    _, client, _ = airflow
     yesterday = datetime.fromtimestamp(time.time() - 86_400, UTC).strftime("%Y-%m-%d")
     scheduled = _wait(
         lambda: [r for r in _runs(client, PREPROCESS) if r["run_type"] == "scheduled"],
@@ -197,7 +223,7 @@ def test_latest_names_the_newest_partition(backfill, store):
 
 
 def test_rerunning_one_partition_replaces_it_and_leaves_the_others_untouched(airflow, backfill, store):
-    stack, client = airflow
+    stack, client, _ = airflow
     others = [
         store.read_json(f"{kind}/partitions/{key}/current.json")["prefix"]
         for key in (BACKFILL_DAYS[0], BACKFILL_DAYS[2])
@@ -246,7 +272,7 @@ def test_rerunning_one_partition_replaces_it_and_leaves_the_others_untouched(air
     ids=["no-such-month", "traversal"],
 )
 def test_a_malformed_partition_key_is_refused_at_trigger(airflow, key, expected):
-    _, client = airflow
+    _, client, _ = airflow
     before = len(_runs(client, PREPROCESS))
     with pytest.raises(AirflowError, match="HTTP 400") as err:
         client.trigger(PREPROCESS, TINY, partition_key=key)
@@ -265,7 +291,7 @@ def test_a_malformed_partition_key_is_refused_at_trigger(airflow, key, expected)
 def test_an_unknown_partition_key_fails_planning_once_writing_nothing(
     airflow, store, dag_id, planner, key, expected
 ):
-    _, client = airflow
+    _, client, _ = airflow
     client.unpause(dag_id)
     run_id = client.trigger(dag_id, TINY if dag_id == PREPROCESS else {}, partition_key=key)
     run = client.wait_run(dag_id, run_id, timeout=180)
