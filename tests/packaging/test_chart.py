@@ -99,6 +99,7 @@ def test_settings_carry_what_task_pods_need_by_default():
     assert data["DASK_SCHEDULER_ADDRESS"] == f"tcp://fanout-dask-scheduler.{NAMESPACE}.svc.cluster.local:8786"
     assert data["FANOUT_DEVICE"] == "auto"
     assert data["FANOUT_SCHEDULE"] == "0 0 * * *"
+    assert settings({"schedule": "*/10 * * * *"})["FANOUT_SCHEDULE"] == "*/10 * * * *"
     assert (
         data["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
         == "http://airflow-api-server.airflow.svc.cluster.local:8080/execution/"
@@ -297,6 +298,7 @@ def test_object_store_credentials_come_from_the_named_secret():
             "/dask/workers/resources/limits/cpu",
         ),
         ({"nodePools": {"cpu": {"selector": "pool:cpu"}}}, "at '/nodePools/cpu/selector'"),
+        ({"schedule": "@daily"}, "at '/schedule'"),
     ],
     ids=[
         "unknown-dask-key",
@@ -307,6 +309,7 @@ def test_object_store_credentials_come_from_the_named_secret():
         "bad-mode",
         "bad-quantity",
         "bad-selector",
+        "schedule-not-five-cron-fields",
     ],
 )
 def test_schema_rejects_invalid_values_with_a_clear_message(values, message):
