@@ -32,6 +32,11 @@ class ReportStack:
     runs: dict[str, str]
     """dag_id -> run id of the pipeline run."""
     passwords: dict[str, str]
+    prefixes: dict[str, str]
+    """dag_id -> where its run wrote: its generation of the partition it covers."""
+
+    def prefix(self, dag_id: str) -> str:
+        return self.prefixes[dag_id]
 
     @property
     def base_url(self) -> str:
@@ -71,7 +76,14 @@ def report(tmp_path_factory) -> ReportStack:
             ("fanout_render", "success"),
         ]
         passwords = json.loads(stack.password_file.read_text())
-        yield ReportStack(stack, client, artifact_root, {r.dag_id: r.run_id for r in reports}, passwords)
+        yield ReportStack(
+            stack,
+            client,
+            artifact_root,
+            {r.dag_id: r.run_id for r in reports},
+            passwords,
+            {r.dag_id: r.prefix for r in reports},
+        )
     finally:
         stack.stop()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from fanout.localstack import PROJECT_ROOT
-from fanout.report.outputs import run_prefix
 from tests.e2e.conftest import SMALL_PARAMS
 from tests.report.reportkit import rest_figures, rest_tries
 
@@ -165,7 +164,7 @@ def check_outputs(driver, report, dag_id: str) -> None:
         n_trials = SMALL_PARAMS["fanout_train"]["n_trials"]
         lines = driver.find_elements(By.CSS_SELECTOR, "#loss-curves g[id^='loss-val-trial-']")
         assert len(lines) == n_trials
-        metrics = report_json(report, run_prefix(dag_id, report.runs[dag_id]) + "/best/metrics.json")
+        metrics = report_json(report, report.prefix(dag_id) + "/best/metrics.json")
         best = driver.find_element(
             By.CSS_SELECTOR, f"#loss-curves g#loss-val-trial-{metrics['best']['trial']}"
         )
@@ -176,7 +175,7 @@ def check_outputs(driver, report, dag_id: str) -> None:
         ]
         assert ranked == [e["trial"] for e in metrics["ranking"]]
     else:
-        manifest = report_json(report, run_prefix(dag_id, report.runs[dag_id]) + "/merged/manifest.json")
+        manifest = report_json(report, report.prefix(dag_id) + "/merged/manifest.json")
         bars = {
             e.get_attribute("id")
             for e in driver.find_elements(By.CSS_SELECTOR, "#drops g[id^='drops-reason-']")

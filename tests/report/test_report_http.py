@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from fanout.report.outputs import run_prefix
 from tests.e2e.conftest import SMALL_PARAMS
 from tests.report.conftest import DENIED_DAG, OUTSIDER
 from tests.report.reportkit import fetch, report_path, rest_figures, rest_tries
@@ -76,17 +75,19 @@ def test_the_ui_login_cookie_is_accepted(report):
 def test_paths_outside_the_runs_artifacts_are_404(report):
     token = report.client.token()
     dag_id, run_id = "fanout_render", report.runs["fanout_render"]
-    train_prefix = run_prefix("fanout_train", report.runs["fanout_train"])
+    train_prefix = report.prefix("fanout_train")
     # A link inside the run's folder that leads out of it, and a file next to the runs.
-    render_dir = report.artifact_root / run_prefix(dag_id, run_id)
+    render_dir = report.artifact_root / report.prefix(dag_id)  # render/partitions/<key>/<run>
     os.symlink("/etc/passwd", render_dir / "passwd")
     (report.artifact_root / "secret.txt").write_text("not an artifact of any run")
     base = report_path(dag_id, run_id, "artifacts")
     for rel in [
         "../../secret.txt",
+        "../../../../secret.txt",
+        "%2E%2E/%2E%2E/%2E%2E/%2E%2E/secret.txt",
         "%2E%2E/%2E%2E/secret.txt",
         "..%2F..%2Fsecret.txt",
-        f"../../{train_prefix}/best/metrics.json",
+        f"../../../../{train_prefix}/best/metrics.json",
         "passwd",
         "video/..%2F..%2F..%2Fsecret.txt",
         "%2Fetc%2Fpasswd",
@@ -111,7 +112,7 @@ def test_paths_outside_the_runs_artifacts_are_404(report):
 def test_the_video_streams_whole_and_in_ranges(report):
     token = report.client.token()
     dag_id, run_id = "fanout_render", report.runs["fanout_render"]
-    video = (report.artifact_root / run_prefix(dag_id, run_id) / "video" / "render.mp4").read_bytes()
+    video = (report.artifact_root / report.prefix(dag_id) / "video" / "render.mp4").read_bytes()
     path = report_path(dag_id, run_id, "artifacts", "video", "render.mp4")
     status, headers, body = fetch(report.base_url, path, token=token)
     assert status == 200 and body == video and headers["Content-Type"] == "video/mp4"
