@@ -187,7 +187,7 @@ def fanout_train():
                 min_success_ratio=params["min_success_ratio"],
                 hyperparameters=planned,
             )
-        publish_partition("train", model=summary["model"], metrics=f"{prefix}/best/metrics.json")
+        publish_partition("train", model=summary["model"], metrics=summary["metrics"])
         publish(MODEL, model=summary["model"])
         return summary
 
