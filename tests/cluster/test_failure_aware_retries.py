@@ -206,7 +206,7 @@ def test_a_sweep_with_a_trial_that_always_fails_succeeds_and_names_it(cp, pipeli
     squatter = cp.artifact_root / "train" / safe_key(run_id) / "trials" / "trial-001" / "checkpoint.pt"
     squatter.mkdir(parents=True)
     (squatter / "not-a-checkpoint").write_text("a checkpoint cannot be written here\n")
-    manifest = f"preprocess/{safe_key(pipeline.run_ids['fanout_preprocess'])}/merged/manifest.json"
+    manifest = f"{pipeline.prefixes['fanout_preprocess']}/merged/manifest.json"
     conf = {"features_manifest": manifest, "n_trials": 2, "min_success_ratio": 0.5}
     client.patch("/dags/fanout_render", {"is_paused": True})  # no render run for this model
     try:
