@@ -58,12 +58,24 @@ def _runs(client, dag_id: str) -> list[dict]:
 def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except OSError:  # a busy machine: the api-server answers a request late; ask again
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
             raise AirflowError(f"{what}: not within {timeout}s")
         time.sleep(interval)
+
+
+def _ended(client, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+    """The run once it has ended."""
+    return _wait(
+        lambda: (run := client.dag_run(dag_id, run_id))["state"] in ("success", "failed") and run,
+        timeout,
+        f"{dag_id} {run_id} ended",
+    )
 
 
 def _run_of(client, dag_id: str, key: str, after: str = "") -> dict | None:
@@ -74,7 +86,7 @@ def _run_of(client, dag_id: str, key: str, after: str = "") -> dict | None:
 
 def _finished(client, dag_id: str, key: str, after: str = "", timeout: float = 300) -> dict:
     run = _wait(lambda: _run_of(client, dag_id, key, after), timeout, f"a {dag_id} run of {key}")
-    return client.wait_run(dag_id, run["dag_run_id"], timeout=timeout)
+    return _ended(client, dag_id, run["dag_run_id"], timeout)
 
 
 def _pipeline_of(client, key: str, after: str = "") -> dict[str, dict]:
@@ -134,7 +146,7 @@ def test_a_scheduled_run_starts_on_its_own_for_the_partition_its_tick_closes(fas
     tick = datetime.fromisoformat(scheduled["run_after"]).astimezone(UTC)
     # run_offset=-1: the run at a tick covers the minute before it.
     assert key == datetime.fromtimestamp(tick.timestamp() - 60, UTC).strftime("%Y-%m-%dT%H%M")
-    assert client.wait_run(PREPROCESS, scheduled["dag_run_id"], timeout=300)["state"] == "success"
+    assert _ended(client, PREPROCESS, scheduled["dag_run_id"])["state"] == "success"
     pointer = store.read_json(f"preprocess/partitions/{key}/current.json")
     assert pointer["run_id"] == scheduled["dag_run_id"]
     manifest = store.read_json(pointer["manifest"])
@@ -209,7 +221,7 @@ def test_catchup_is_off_after_the_backfill_only_the_latest_closed_partition_is_s
         "the scheduled run of the latest partition",
     )
     assert [r["partition_key"] for r in scheduled] == [yesterday]
-    assert client.wait_run(PREPROCESS, scheduled[0]["dag_run_id"], timeout=300)["state"] == "success"
+    assert _ended(client, PREPROCESS, scheduled[0]["dag_run_id"])["state"] == "success"
 
 
 def test_latest_names_the_newest_partition(backfill, store):
@@ -294,8 +306,7 @@ def test_an_unknown_partition_key_fails_planning_once_writing_nothing(
     _, client, _ = airflow
     client.unpause(dag_id)
     run_id = client.trigger(dag_id, TINY if dag_id == PREPROCESS else {}, partition_key=key)
-    run = client.wait_run(dag_id, run_id, timeout=180)
-    assert run["state"] == "failed"
+    assert _ended(client, dag_id, run_id, 180)["state"] == "failed"
     plan = {ti["task_id"]: ti for ti in client.task_instances(dag_id, run_id)}[planner]
     assert plan["state"] == "failed" and plan["try_number"] == 1, "bad input must not spend retries"
     assert expected in client.task_log(dag_id, run_id, planner, 1)
