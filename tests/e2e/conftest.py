@@ -66,6 +66,37 @@ def pipeline(airflow):
     return {r.dag_id: r.run_id for r in reports}
 
 
+@pytest.fixture(scope="session")
+def outputs(airflow, pipeline):
+    """Where each run of ``pipeline`` wrote: its generation of the partition it covers."""
+    from fanout.partitions import run_prefix
+
+    _, client = airflow
+    return {
+        dag_id: run_prefix(
+            dag_id.removeprefix("fanout_"), run_id, client.dag_run(dag_id, run_id)["partition_key"]
+        )
+        for dag_id, run_id in pipeline.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def published(airflow, pipeline, artifact_root):
+    """Each DAG's ``current.json`` of ``pipeline``'s partition as the pipeline left it: {dag_id: pointer}.
+
+    Read once, right after the pipeline: test_chaos re-runs the same partition and moves them.
+    """
+    from fanout.partitions import current
+    from fanout.storage import ArtifactStore
+
+    _, client = airflow
+    key = client.dag_run("fanout_preprocess", pipeline["fanout_preprocess"])["partition_key"]
+    return {
+        dag_id: current(ArtifactStore(str(artifact_root)), dag_id.removeprefix("fanout_"), key)
+        for dag_id in pipeline
+    }
+
+
 @pytest.fixture
 def store(artifact_root):
     from fanout.storage import ArtifactStore

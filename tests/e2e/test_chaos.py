@@ -1,13 +1,14 @@
 """Chaos through the real scheduler: ``kill -9`` of the scheduler and api-server mid-run, and of
 task processes.
 
-One pipeline trigger (the same params as the session's undisturbed ``pipeline``) while this test
-kills, with SIGKILL: a running preprocessing shard's task process; the scheduler, while the
-training trials run; a running render chunk's task process, then the api-server while the other
-chunks run. Nobody clears or retries anything. Every DAG run must end in success, each killed
-task process must cost its task exactly one try, the components' deaths no try at all, and every
-output file must equal the undisturbed run's, byte for byte, once each run's own id is set aside
-where a file names its own run's paths.
+One pipeline trigger of the session's undisturbed ``pipeline``'s partition, with the same params (a
+re-run of that partition), while this test kills, with SIGKILL: a running preprocessing shard's
+task process; the scheduler, while the training trials run; a running render chunk's task process,
+then the api-server while the other chunks run. Nobody clears or retries anything. Every DAG run
+must end in success, each killed task process must cost its task exactly one try, the components'
+deaths no try at all, the partition's pointers must move to the re-run, and every output file must
+equal the undisturbed run's, byte for byte, once each run's own id is set aside where a file names
+its own run's paths.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 from fanout.demo import PIPELINE
 from fanout.localstack import AirflowError
-from fanout.storage import safe_key
+from fanout.partitions import run_prefix
 from fanout.supervise import cmdline
 from tests.e2e.test_local_pipeline import _process_of
 
@@ -90,15 +91,19 @@ class Chaos:
             self.api_server_killed = True
 
 
-def _run_pipeline_with(client, chaos: Chaos, timeout: float = 900) -> dict[str, str]:
+def _run_pipeline_with(client, chaos: Chaos, partition_key: str, timeout: float = 900) -> dict[str, str]:
+    from fanout.demo import wait_partition_run
+
     for dag_id in PIPELINE:
         client.unpause(dag_id)
     started = datetime.now(UTC).isoformat()
     runs = {}
-    run_id = client.trigger(PIPELINE[0], {})
+    run_id = client.trigger(PIPELINE[0], {}, partition_key=partition_key)
     for index, dag_id in enumerate(PIPELINE):
         if index:
-            run_id = _patiently(lambda d=dag_id: client.wait_triggered_run(d, after=started, timeout=600))
+            run_id = _patiently(
+                lambda d=dag_id: wait_partition_run(client, d, partition_key, after=started, timeout=600)
+            )
         deadline = time.monotonic() + timeout
         while True:
             run = _patiently(lambda d=dag_id, r=run_id: client.dag_run(d, r))
@@ -124,14 +129,14 @@ def _patiently(call, outage: float = 180):
             time.sleep(1)
 
 
-def _outputs(store, dag_id: str, run_id: str) -> dict[str, object]:
-    """Every file a run wrote, by its path below the run's directory.
+def _outputs(store, dag_id: str, run_id: str, partition_key: str) -> dict[str, object]:
+    """Every file a run wrote, by its path below the run's directory (its generation of the partition).
 
     Data files (Parquet, PNG, MP4) are their bytes. JSON manifests and torch archives name their
     own run's paths and record wall times, so they are compared as their content with those set
     aside (``_canonical``): every tensor's bytes, every other value.
     """
-    base = f"{OUTPUT_PREFIX[dag_id]}/{safe_key(run_id)}"
+    base = run_prefix(OUTPUT_PREFIX[dag_id], run_id, partition_key)
     root = store.path(base).rstrip("/")
     files: dict[str, object] = {}
     for path in store.fs.find(root):
@@ -185,13 +190,15 @@ def _canonical(obj, key: str = "", siblings: dict | None = None):
 
 
 def test_killing_scheduler_api_server_and_tasks_costs_no_extra_try_and_changes_no_output(
-    airflow, pipeline, store
+    airflow, pipeline, published, store
 ):
     stack, client = airflow
     restarts_before = len(stack.supervisor.restarts)
     chaos = Chaos(stack, random.Random(13))
+    # The undisturbed run's partition, run again: the same raw data, so the same outputs.
+    partition = client.dag_run(PIPELINE[0], pipeline[PIPELINE[0]])["partition_key"]
 
-    runs = _run_pipeline_with(client, chaos)
+    runs = _run_pipeline_with(client, chaos, partition)
 
     assert chaos.scheduler_killed, "the training trials never ran while this test watched"
     assert chaos.api_server_killed, "no other render chunk ran when one was killed"
@@ -216,11 +223,17 @@ def test_killing_scheduler_api_server_and_tasks_costs_no_extra_try_and_changes_n
                 ti["try_number"],
             )
 
+    # The re-run replaced the partition: each pointer names it now, and the undisturbed generation
+    # it replaced is still there (superseded once) for the comparison below.
+    for dag_id, kind in OUTPUT_PREFIX.items():
+        pointer = store.read_json(f"{kind}/partitions/{partition}/current.json")
+        assert (pointer["run_id"], pointer["replaced"]) == (runs[dag_id], published[dag_id]["prefix"])
+
     render_differs = []
     for dag_id in PIPELINE:
         undisturbed, disturbed = (
-            _outputs(store, dag_id, pipeline[dag_id]),
-            _outputs(store, dag_id, runs[dag_id]),
+            _outputs(store, dag_id, pipeline[dag_id], partition),
+            _outputs(store, dag_id, runs[dag_id], partition),
         )
         assert sorted(disturbed) == sorted(undisturbed), dag_id
         differing = [name for name in undisturbed if undisturbed[name] != disturbed[name]]

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from fanout.localstack import AirflowError
-from fanout.partitions import run_prefix
 from fanout.storage import safe_key
 from tests.e2e.conftest import SMALL_PARAMS
 
@@ -23,25 +22,14 @@ def _states(client, dag_id, run_id):
     return {(ti["task_id"], ti["map_index"]): ti for ti in client.task_instances(dag_id, run_id)}
 
 
-@pytest.fixture(scope="module")
-def outputs(airflow, pipeline):
-    """Where each run of the pipeline wrote: its generation of the partition it covers."""
-    _, client = airflow
-    return {
-        dag_id: run_prefix(
-            dag_id.removeprefix("fanout_"), run_id, client.dag_run(dag_id, run_id)["partition_key"]
-        )
-        for dag_id, run_id in pipeline.items()
-    }
-
-
-def test_one_partition_flows_through_all_three_dags_and_is_published(airflow, store, pipeline, outputs):
+def test_one_partition_flows_through_all_three_dags_and_is_published(airflow, pipeline, outputs, published):
     _, client = airflow
     keys = {client.dag_run(dag_id, run_id)["partition_key"] for dag_id, run_id in pipeline.items()}
     assert len(keys) == 1 and None not in keys, keys
     (key,) = keys
     for kind, name in (("preprocess", "manifest"), ("train", "model"), ("render", "video")):
-        pointer = store.read_json(f"{kind}/partitions/{key}/current.json")
+        pointer = published[f"fanout_{kind}"]
+        assert pointer["partition_key"] == key
         assert pointer["run_id"] == pipeline[f"fanout_{kind}"]
         assert pointer[name].startswith(outputs[f"fanout_{kind}"] + "/")
 
