@@ -21,8 +21,6 @@ import signal
 import time
 from datetime import UTC, datetime
 
-import pytest
-
 from fanout.demo import PIPELINE
 from fanout.localstack import AirflowError
 from fanout.partitions import run_prefix
@@ -229,7 +227,6 @@ def test_killing_scheduler_api_server_and_tasks_costs_no_extra_try_and_changes_n
         pointer = store.read_json(f"{kind}/partitions/{partition}/current.json")
         assert (pointer["run_id"], pointer["replaced"]) == (runs[dag_id], published[dag_id]["prefix"])
 
-    render_differs = []
     for dag_id in PIPELINE:
         undisturbed, disturbed = (
             _outputs(store, dag_id, pipeline[dag_id], partition),
@@ -237,9 +234,6 @@ def test_killing_scheduler_api_server_and_tasks_costs_no_extra_try_and_changes_n
         )
         assert sorted(disturbed) == sorted(undisturbed), dag_id
         differing = [name for name in undisturbed if undisturbed[name] != disturbed[name]]
-        if dag_id == "fanout_render":
-            render_differs = differing
-            continue
         assert not differing, f"{dag_id}: outputs differ from the undisturbed run's: {differing}"
 
     # The LocalExecutor workers the killed scheduler left finished their tasks and were ended.
@@ -247,12 +241,6 @@ def test_killing_scheduler_api_server_and_tasks_costs_no_extra_try_and_changes_n
     while strays := _left_by_dead_components(stack):
         assert time.monotonic() < deadline, [cmdline(pid) for pid in strays]
         time.sleep(0.5)
-
-    if render_differs:
-        # Open (2026-11-26): in one quiet CI run every frame of the chaos run's render differed from
-        # the undisturbed run's while the features and model were equal; not yet explained, so
-        # reported as a known failure instead of hidden. Everything above is still asserted.
-        pytest.xfail(f"fanout_render: outputs differ from the undisturbed run's: {render_differs}")
 
 
 def _left_by_dead_components(stack) -> list[int]:
