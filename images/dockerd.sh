@@ -60,16 +60,34 @@ start() {
   return 1
 }
 
+# A dockerd that did not exit cleanly leaves its data root's bind mount and netns mounts behind
+# (seen after a CI run): the checkout then cannot be removed ("Device or resource busy").
+# Lazily unmount whatever is left under its paths, deepest first.
+unmount_leftovers() {
+  local mounts
+  mounts="$(awk -v data="$DATA/" -v run="$RUNDIR/" \
+    'index($2 "/", data) == 1 || index($2 "/", run) == 1 { print $2 }' /proc/self/mounts | sort -r)"
+  [[ -z "$mounts" ]] || xargs -r -n1 umount -l <<<"$mounts" || true
+}
+
 stop() {
   [[ -f "$PIDFILE" ]] || return 0
   local pid
   pid="$(cat "$PIDFILE")"
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }
+    kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; unmount_leftovers; return 0; }
     sleep 0.5
   done
-  echo "dockerd.sh: dockerd $pid still running after 30s" >&2
+  # Still running after 30 s: kill it, so that CI's exit leaves no engine and no mount behind.
+  echo "dockerd.sh: dockerd $pid still running after 30s; killing it" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 20); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  rm -f "$PIDFILE"
+  unmount_leftovers
   return 1
 }
 
