@@ -21,7 +21,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
 
-from fanout.keys import partition_key_format
+from fanout.keys import check_partition_key, partition_key_format
 from fanout.settings import SettingsError, settings
 
 OWNER = "fanout"
@@ -129,8 +129,6 @@ def follows(asset: Asset) -> PartitionedAssetTimetable:
 
 def partition_key() -> str | None:
     """This run's partition key (checked: malformed or unknown fails the task, unretried), or None."""
-    from fanout.keys import check_partition_key
-
     key = get_current_context().get("partition_key")
     return check_partition_key(key) if key else None
 
