@@ -11,6 +11,9 @@ that failed before publishing leaves its generation in place for inspection; not
 
 ``<kind>/latest.json`` names the newest partition's current generation (the greatest key, not
 the last run to finish: backfilling last month does not make last month's model the latest).
+Runs of several partitions publish at once in a backfill, and neither stores nor this module
+lock: each publisher copies the newest partition's pointer to ``latest.json`` and looks again
+until what it reads there is the newest pointer it lists, so the last write is always right.
 
 A run without a partition key (an ad hoc trigger) writes under ``<kind>/<run>/`` as before and
 moves no pointer. Nothing here imports Airflow; ``fanout.dagkit`` passes the run's ids in.
@@ -92,11 +95,39 @@ def publish(store: ArtifactStore, kind: str, key: str, run_id: str, **paths: str
         **paths,
     }
     store.write_json(f"{partition_prefix(kind, key)}/{CURRENT}", pointer)
-    newest = latest(store, kind)
-    if newest is None or newest.get("partition_key", "") <= key:
-        store.write_json(f"{kind}/{LATEST}", pointer)
+    _update_latest(store, kind)
     stale = None if again else (previous or {}).get("replaced")
     if stale and stale != prefix and stale.startswith(f"{partition_prefix(kind, key)}/"):
         log.info("removing generation %s, superseded twice", store.uri(stale))
         store.remove(stale, recursive=True)
     return pointer
+
+
+def newest_partition(store: ArtifactStore, kind: str) -> dict[str, Any] | None:
+    """The pointer of the greatest partition key that has one (keys sort as their times do)."""
+    for name in reversed(store.listdir(f"{kind}/partitions")):
+        try:
+            pointer = current(store, kind, name)
+        except ValueError:  # not a partition's folder (BadInputError names it): nobody's pointer
+            continue
+        if pointer is not None:
+            return pointer
+    return None
+
+
+def _update_latest(store: ArtifactStore, kind: str, attempts: int = 20) -> None:
+    """Copy the newest partition's pointer to ``latest.json`` until it is what we read there.
+
+    Another partition's publisher may write ``latest.json`` between our listing and our write (a
+    backfill publishes several at once): whoever wrote last looks again and corrects it.
+    """
+    for _ in range(attempts):
+        newest = newest_partition(store, kind)
+        if newest is None or latest(store, kind) == newest:
+            return
+        store.write_json(f"{kind}/{LATEST}", newest)
+    log.warning(
+        "%s still moved after %d updates; the next publish corrects it",
+        store.uri(f"{kind}/{LATEST}"),
+        attempts,
+    )

@@ -77,7 +77,11 @@ class ArtifactStore:
         return self.fs.exists(self.path(rel))
 
     def listdir(self, rel: str) -> list[str]:
-        """Names directly under ``rel`` (empty if it does not exist)."""
+        """Names directly under ``rel`` now (empty if it does not exist).
+
+        Never a cached listing (s3fs keeps one per folder): other processes write here too.
+        """
+        self.fs.invalidate_cache(self.path(rel))
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:

@@ -114,6 +114,43 @@ def test_latest_names_the_newest_partition_not_the_last_run_to_finish(store):
     assert store.read_bytes(partitions.latest(store, "train")["model"]) == b"2026-11-25"
 
 
+class _InterleavingStore:
+    """The store, but the first write of ``latest.json`` waits while ``meanwhile`` runs in full."""
+
+    def __init__(self, store, meanwhile):
+        self._store, self._meanwhile = store, meanwhile
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def write_json(self, rel, obj):
+        if rel.endswith(partitions.LATEST) and self._meanwhile:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            meanwhile()
+        self._store.write_json(rel, obj)
+
+
+def test_latest_is_the_newest_partition_when_two_partitions_publish_at_once(store):
+    """A backfill's runs publish together: the older partition's writer read the listing before the
+    newer one published, and writes last. It must notice and leave the newer pointer in place."""
+    older = _generation(store, "2026-11-20", "r-20", b"20")
+    newer = _generation(store, "2026-11-21", "r-21", b"21")
+    interleaved = _InterleavingStore(
+        store,
+        lambda: partitions.publish(store, "train", "2026-11-21", "r-21", model=f"{newer}/best/model.pt"),
+    )
+    partitions.publish(interleaved, "train", "2026-11-20", "r-20", model=f"{older}/best/model.pt")
+    assert partitions.latest(store, "train") == partitions.current(store, "train", "2026-11-21")
+    assert partitions.newest_partition(store, "train")["partition_key"] == "2026-11-21"
+
+
+def test_a_stray_folder_among_the_partitions_is_not_the_newest(store):
+    prefix = _generation(store, "2026-11-20", "r1", b"one")
+    store.write_bytes("train/partitions/zz-notes/readme.txt", b"not a partition")
+    partitions.publish(store, "train", "2026-11-20", "r1", model=f"{prefix}/best/model.pt")
+    assert partitions.latest(store, "train")["partition_key"] == "2026-11-20"
+
+
 def test_a_published_path_outside_the_run_is_refused(store):
     with pytest.raises(ValueError, match="not inside this run's outputs"):
         partitions.publish(
