@@ -38,6 +38,9 @@ finish before it ends them. So this executor adopts every orphaned task instance
 The local stack sets those timeouts to local-machine scale (``fanout.localstack``). An adopted
 task runs under the dead scheduler's worker, so no memory budget watches it.
 
+Its workers' supervisors notice a task process's exit the moment it happens (``fanout.exit_watch``),
+instead of a ``select`` timeout later with the task's slot held meanwhile.
+
 And it imports, before it forks its workers, what every task process would otherwise import anew
 after the fork: Airflow's ``@task`` machinery (imported on a DAG file's first decorator) and
 fanout's DAG-time modules (``fanout.dagkit`` and what it uses). Each task process is forked from a
@@ -63,6 +66,7 @@ from airflow.models.log import Log
 from airflow.utils.session import create_session
 from airflow.utils.state import TaskInstanceState
 
+from fanout import exit_watch
 from fanout.failures import OOM_KILLED, TASK_PROCESS, TryFailure
 from fanout.memory_budget import Breach, over_budget
 from fanout.notes import note_try, task_instance
@@ -118,6 +122,8 @@ class FanoutLocalExecutor(LocalExecutor):
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Each worker's supervisor notices its task's exit at once, not a select timeout later.
+        exit_watch.install()
         for module in self.preload:  # before the workers fork: every task process inherits them
             try:
                 importlib.import_module(module)
