@@ -9,7 +9,9 @@ has the event's partition key and trains on that partition's published features 
 name the partition's and the newest partition's model.
 
 1. **plan_trials** draws the sweep: trial 0 is a known-good baseline, the others sample the
-   learning rate, width, depth, batch size, dropout and activation from a seeded search space.
+   learning rate, width, depth, batch size, dropout and activation from a seeded search space,
+   and lists the costliest trials first (mapped tasks start in that order, so no long trial is
+   left running alone at the end).
 2. **train_trial**, one mapped task per trial (named by its hyper-parameters in the grid),
    trains an MLP on the shared train/validation split, checkpointing every epoch so a retry
    resumes where the killed try stopped. On Kubernetes each trial gets one GPU and a slot of
@@ -91,7 +93,8 @@ def fanout_train():
             - **Reads:** the params and the triggering `fanout_features` event (the manifest path);
               checks that the manifest exists.
             - **Writes:** nothing.
-            - **Returns:** one spec per trial (hyper-parameters, manifest, rows), one `train_trial` each.
+            - **Returns:** one spec per trial (hyper-parameters, manifest, rows), one `train_trial` each,
+              the costliest trials first.
             - **Size:** `bookkeeping`, on the CPU node pool.
             """
         ),
@@ -116,7 +119,9 @@ def fanout_train():
                 )
             # Checked once here: a bad manifest fails planning, not every trial.
             train.check_features_manifest(ArtifactStore(), check_key(manifest, "param 'features_manifest'"))
-            trials = train.plan_trials(params["n_trials"], epochs=params["epochs"], seed=params["seed"])
+            trials = train.longest_first(
+                train.plan_trials(params["n_trials"], epochs=params["epochs"], seed=params["seed"])
+            )
         return [{"trial": t, "features_manifest": manifest, "max_rows": params["max_rows"]} for t in trials]
 
     @task(
@@ -178,7 +183,8 @@ def fanout_train():
         from fanout.storage import ArtifactStore
 
         prefix = run_prefix("train")
-        planned = {train.trial_unit(prefix, spec["trial"]["trial"]): spec["trial"] for spec in plan}
+        trials = sorted((spec["trial"] for spec in plan), key=lambda trial: trial["trial"])
+        planned = {train.trial_unit(prefix, trial["trial"]): trial for trial in trials}
         with fail_fast():
             summary = train.select_best(
                 ArtifactStore(),

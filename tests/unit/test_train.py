@@ -161,6 +161,27 @@ def test_plan_trials_rejects_bad_arguments(kwargs, named):
         train.plan_trials(n_trials, **kwargs)
 
 
+def test_longest_first_starts_the_costliest_trials_first_and_keeps_every_trial():
+    trials = train.plan_trials(6, epochs=6, seed=11)  # the demo's sweep
+    ordered = train.longest_first(trials)
+    assert sorted(ordered, key=lambda t: t["trial"]) == trials, "a permutation of the same trials"
+    costs = [train.relative_cost(t) for t in ordered]
+    assert costs == sorted(costs, reverse=True)
+    # Batch 128 at depth 3 (trial 3) is the demo sweep's longest, batch 1024 (trial 1) its shortest.
+    assert (ordered[0]["trial"], ordered[-1]["trial"]) == (3, 1)
+    assert train.longest_first(reversed(trials)) == ordered, "the order depends on the trials only"
+    same = [{**trials[0], "trial": 5}, {**trials[0], "trial": 2}]
+    assert [t["trial"] for t in train.longest_first(same)] == [2, 5], "ties go by trial number"
+
+
+def test_relative_cost_grows_with_steps_and_layers():
+    base = train.validate_trial({"trial": 0, "epochs": 4})
+    assert train.relative_cost({**base, "epochs": 8}) == 2 * train.relative_cost(base)
+    assert train.relative_cost({**base, "batch_size": 128}) > train.relative_cost(base)
+    assert train.relative_cost({**base, "depth": 3}) > train.relative_cost(base)
+    assert train.relative_cost({**base, "hidden": 256}) > train.relative_cost(base)
+
+
 # -- train_trial ---------------------------------------------------------------------------------
 
 
