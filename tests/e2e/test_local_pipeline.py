@@ -7,6 +7,7 @@ first, then faults and bad input against the artifacts it left.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -172,6 +173,16 @@ def test_sigkilled_mapped_task_is_retried_and_outputs_are_intact(airflow, store)
     )
     assert reference_store.verified("chunk")["files"] == retried["files"]
     assert not [n for n in store.listdir(chunk_unit) if n.endswith(".tmp") or ".tmp" in n]
+
+
+def test_the_execution_api_was_built_before_the_first_task_started(airflow, pipeline):
+    """The api-server builds its Execution API on the first request to it (seconds): the stack's
+    start makes that request, so no task's start waits for it."""
+    stack, _ = airflow
+    log = (stack.home / "logs" / "api-server.log").read_text()
+    paths = re.findall(r"path=(/execution/\S*)", log)
+    assert paths[0] == "/execution/health", paths[:3]
+    assert any(p.startswith("/execution/task-instances/") for p in paths), "tasks came after"
 
 
 def test_preparing_a_running_stack_again_keeps_its_pools(airflow):
