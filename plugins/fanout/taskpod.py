@@ -138,6 +138,11 @@ def _supervise(workload) -> int:
     from airflow.sdk.log import configure_logging
     from airflow.settings import dispose_orm
 
+    from fanout import exit_watch
+
+    # The pod ends when its task process does, not up to min_heartbeat_interval (5 s) later with
+    # its node's GPU held: the next trial's pod was Unschedulable that long.
+    exit_watch.install()
     dispose_orm(do_log=False)  # the supervisor talks to the Execution API, never to the database
     configure_logging(output=sys.stdout.buffer, json_output=True)
     # Task output also goes to stdout: the pod's log while it runs, the termination message after.

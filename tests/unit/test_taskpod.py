@@ -87,3 +87,19 @@ def test_any_other_command_runs_unchanged():
         check=False,
     )
     assert (result.returncode, result.stdout) == (3, "as is\n")
+
+
+def test_the_pods_supervisor_watches_for_its_task_process_exit(monkeypatch):
+    """The supervisor in the pod wakes when its task process exits (fanout.exit_watch, tested in
+    test_exit_watch.py), so the container ends then, not a heartbeat interval later."""
+    from airflow.executors.base_executor import BaseExecutor
+
+    from fanout import exit_watch
+
+    installs, seen = [], []
+    monkeypatch.setattr(exit_watch, "install", lambda: installs.append(True) or True)
+    monkeypatch.setattr(
+        BaseExecutor, "run_workload", staticmethod(lambda workload, **_: seen.append(len(installs)))
+    )
+    assert taskpod._supervise("workload") == 0
+    assert seen == [1], "installed once, before the workload ran"
