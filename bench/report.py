@@ -23,7 +23,7 @@ SECTIONS: dict[str, tuple[Callable | None, Callable | None]] = {
     "task_start": (task_start.targets, task_start.figures),
     "dask": (dask_overhead.targets, dask_overhead.figures),
     "kernels": (None, kernels.figures),
-    "kubernetes": (None, kubernetes.figures),
+    "kubernetes": (kubernetes.targets, kubernetes.figures),
     "memory": (memory.targets, None),
 }
 

@@ -183,7 +183,9 @@ def run_all(
     if wanted("kubernetes"):
         sections["kubernetes"] = run_section(
             "kubernetes",
-            lambda: kubernetes.run(sizes.kubernetes_noop, CPUS, local_fanout, sizes.stack_overrides),
+            lambda: kubernetes.run(
+                sizes.kubernetes_noop, CPUS, local_fanout, sizes.stack_overrides, sizes.repeats
+            ),
             log,
         )
 
