@@ -1,19 +1,13 @@
 """``make bench-quick`` once, so the benchmarks never rot: it completes and writes a well-formed result.
 
 No timing is asserted: the numbers of a quick run on a shared CI machine mean nothing.
+The run is the session fixture ``quick_run`` (conftest.py), shared with the other modules here.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = (
     "parse",
     "task_start",
@@ -42,25 +36,6 @@ TARGET_IDS = {
 }
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(660)]  # starts real Airflow stacks
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("bench") / "quick.json"
-    # tests/conftest.py configures Airflow for parsing DAGs in-process (unit-test mode, its own
-    # home); the benchmark's stacks must not inherit that.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
-    return json.loads(out.read_text()), done.stdout
 
 
 def test_every_section_ran_or_says_why_not(quick_run):
