@@ -203,7 +203,9 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             # The task supervisor can sleep this long after its task exited before it notices,
-            # holding the executor slot (5 s by default, bench/README.md); 1 s bounds that.
+            # holding the executor slot (5 s by default, bench/README.md). fanout's executor ends
+            # that wait at once (fanout.exit_watch); 1 s bounds it where pidfds are missing, and
+            # for the benchmark's plain-Airflow anchor, which runs with the same settings.
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             # A scheduler with nothing to do sleeps this long before it looks again, so a freed slot
             # waited 0.5 s on average for its next task (1 s by default). Measured idle: 0.033 CPU
