@@ -10,8 +10,8 @@ with ``FANOUT_TEST_KUBECONFIG``, any cluster (``target.py``). Either way:
   env of every component (the chart's ``extraEnvFrom``) and of every task pod (the template's
   ``envFrom``);
 - the DAGs folder holds ``dags/`` and the probe DAGs of ``tests/cluster/dags`` (on the harness it is
-  also what the "image" bakes in, the cluster's ``image_env``; a real cluster's worker image must
-  hold the same files);
+  also what the "image" bakes in, the cluster's ``image_env``, with ``plugins/`` as the plugins
+  folder; a real cluster's worker image must hold the same files);
 - pods are observed through the Kubernetes API only (``observe.PodWatch``);
 - task logs go to object storage (Airflow's remote logging, as the chart sets it up): on the harness
   a real S3-compatible server on loopback (``tests/s3.py``), so the api-server reads a finished
@@ -213,7 +213,12 @@ def cluster_pipeline(
         pod_artifact_root = str(artifact_root)
     else:
         artifact_root, pod_artifact_root = target.local_artifact_root, target.artifact_root
-    image_env = {"AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    # What the worker image bakes in: the DAGs, and plugins/ in AIRFLOW_HOME, so pods load fanout's
+    # plugin as real ones do (images/airflow/Dockerfile).
+    image_env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+    }
     with _cluster(target, workdir, image_env, namespace) as (kubeconfig, harness, s3):
         api_client = _api_client(kubeconfig, target.context)
         watch = PodWatch(api_client, namespace).start()
