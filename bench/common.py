@@ -10,7 +10,8 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +49,8 @@ class Sizes:
     anchor: bool
     """Run the orchestration figures on plain Airflow with the same settings too."""
     whatif_noop: int
-    """Size of the no-op fan-out on the what-if stack with the other database (SQLite); 0 skips it."""
+    """Size of the no-op fan-out on the what-if stack with the other database (SQLite), run only when
+    asked for (``--only database``); 0 skips it."""
     kubernetes_noop: int
     """No-op fan-out on the KubernetesExecutor; the LocalExecutor figure of the same size is its peer."""
     # Dask
@@ -111,7 +113,7 @@ QUICK = Sizes(
     burst_requests=4,
     capped_probe=(40, 2.0),
     anchor=True,
-    whatif_noop=0,
+    whatif_noop=2,
     kubernetes_noop=2,
     dask_shard_rows=(200_000,),
     dask_noop_tasks=50,
@@ -167,6 +169,16 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
+
+
+@contextmanager
+def clock(phases: dict[str, float], name: str) -> Generator[None, None, None]:
+    """Record how long the block took in ``phases[name]`` (seconds): where a run's time goes."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = round(time.perf_counter() - began, 1)
 
 
 def alternate(repeats: int, **variants: Callable[[], Any]) -> dict[str, list[float]]:

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.parse
 
-from bench.common import distribution, percentile, ratio, rnd, ts
+from bench.common import clock, distribution, percentile, ratio, rnd, ts
 from bench.stack import BenchStack, heartbeat_interval, worker_hold_times
 from fanout.localstack import AirflowError
 
@@ -74,6 +74,7 @@ def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dic
         # Failing the run marks every task instance failed, finished ones too (Airflow 3.3):
         # what it reached is read before.
         reached, mapped = _stop_run(bench, run_id, ended_epoch)
+        stop_s = time.monotonic() - ended
     elif run["state"] != "success":
         raise RuntimeError(f"{DAG_ID} n={n} ended {run['state']}")
     else:
@@ -110,6 +111,7 @@ def noop_fanout(bench: BenchStack, n: int, cap_s: float, interval: float) -> dic
     }
     if capped:
         result["reached"] = reached
+        result["stop_s"] = rnd(stop_s, 1)  # reading what it reached, failing it, waiting for its tasks
         if not done:
             result["status"] = "error"
             result["reason"] = (
@@ -150,7 +152,9 @@ def _stop_run(
         "done": sum(t["state"] == "success" and before(t["end_date"]) for t in tis),
     }
     _fail_runs(bench, [run_id])
-    _wait_idle(bench, [run_id], timeout)
+    left_busy = _wait_idle(bench, [run_id], timeout)
+    if left_busy:
+        reached["left_busy"] = left_busy
     return reached, tis
 
 
@@ -170,23 +174,44 @@ def _fail_runs(bench: BenchStack, run_ids: list[str], tries: int = 3) -> None:
                 time.sleep(1)
 
 
-def _wait_idle(bench: BenchStack, run_ids: list[str], timeout: float = 30) -> None:
-    """Wait until no task of ``run_ids`` is queued or running, and the supervisors are gone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Counted by the API (one small answer), not listed: a capped run has 1,000 of them.
-        busy = sum(
-            bench.client.get(
-                f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
-                state=["queued", "running", "scheduled", "restarting"],
-                limit=1,
-            )["total_entries"]
-            for run_id in run_ids
-        )
+BUSY_STATES = ("queued", "running", "scheduled", "restarting")
+
+
+def _wait_idle(bench: BenchStack, run_ids: list[str], timeout: float = 30) -> dict[str, int]:
+    """Wait until no task of ``run_ids`` is queued or running, and the supervisors are gone.
+
+    Returns what was still busy, by state, if ``timeout`` ran out (empty when idle). Tasks still
+    busy after 5 s have their runs failed once more: Airflow's "mark failed" skips the task
+    instances that exist when it runs, and a quick run's cap (2 s) once left its run busy for
+    the whole 30 s (cause not caught; the states are recorded now).
+    """
+    began = time.monotonic()
+    failed_again = False
+    busy: dict[str, int] = {}
+    while time.monotonic() < began + timeout:
+        # Counted by the API (one small answer per state), not listed: a capped run has 1,000.
+        busy = {
+            state: count
+            for state in BUSY_STATES
+            if (
+                count := sum(
+                    bench.client.get(
+                        f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
+                        state=[state],
+                        limit=1,
+                    )["total_entries"]
+                    for run_id in run_ids
+                )
+            )
+        }
         if not busy:
             break
+        if not failed_again and time.monotonic() > began + 5:
+            _fail_runs(bench, run_ids)
+            failed_again = True
         time.sleep(1)
     time.sleep(2)  # teardown of the last supervisors
+    return busy
 
 
 def trigger_burst(bench: BenchStack, requests: int) -> dict:
@@ -225,10 +250,13 @@ def trigger_burst(bench: BenchStack, requests: int) -> dict:
         thread.start()
     for thread in threads:
         thread.join()
+    cleaning = time.monotonic()
     _fail_runs(bench, run_ids)
-    _wait_idle(bench, run_ids)
+    left_busy = _wait_idle(bench, run_ids)
     return {
         "requests": requests,
+        "stop_s": rnd(time.monotonic() - cleaning, 1),  # failing its runs, waiting for their tasks
+        **({"left_busy": left_busy} if left_busy else {}),
         "errors": len(errors),
         "error_examples": errors[:3],
         "latency_s": {
@@ -259,20 +287,29 @@ def _noop(item: int) -> int:
 def run(bench: BenchStack, sizes, floor: bool = True) -> dict:
     """Every orchestration figure on ``bench``: one-task latency, each fan-out size, a burst."""
     interval = heartbeat_interval(bench)
+    phases: dict[str, float] = {}
     section = {
         "stack": "plain Airflow (anchor)" if bench.plain else "fanout",
         "database": bench.stack.database if not bench.stack.database_uri else "external",
         "parallelism": bench.parallelism,
         "min_heartbeat_interval_s": interval,
-        "single_task": single_task_latency(bench, sizes.single_task_runs),
-        "fanouts": [noop_fanout(bench, n, sizes.noop_cap_s, interval) for n in sizes.noop_sizes],
-        "burst": trigger_burst(bench, sizes.burst_requests),
     }
+    with clock(phases, "single task"):
+        section["single_task"] = single_task_latency(bench, sizes.single_task_runs)
+    section["fanouts"] = []
+    for n in sizes.noop_sizes:
+        with clock(phases, f"no-op x{n}"):
+            section["fanouts"].append(noop_fanout(bench, n, sizes.noop_cap_s, interval))
+    with clock(phases, "burst"):
+        section["burst"] = trigger_burst(bench, sizes.burst_requests)
     if floor:
-        section["pool_map_floor"] = pool_map_floor(max(sizes.noop_sizes), bench.parallelism)
+        with clock(phases, "Pool.map floor"):
+            section["pool_map_floor"] = pool_map_floor(max(sizes.noop_sizes), bench.parallelism)
     if sizes.capped_probe and not bench.plain:
         n, cap = sizes.capped_probe
-        section["capped_probe"] = noop_fanout(bench, n, cap, interval)
+        with clock(phases, f"capped probe x{n}"):
+            section["capped_probe"] = noop_fanout(bench, n, cap, interval)
+    section["phase_seconds"] = phases
     return section
 
 
@@ -280,11 +317,12 @@ def database_whatif(bench: BenchStack, sizes) -> dict:
     """The burst and the middle fan-out on a stack that differs only in its database."""
     interval = heartbeat_interval(bench)
     n = sizes.whatif_noop
-    return {
-        "database": bench.stack.database,
-        "fanout": noop_fanout(bench, n, sizes.noop_cap_s, interval),
-        "burst": trigger_burst(bench, sizes.burst_requests),
-    }
+    phases: dict[str, float] = {}
+    with clock(phases, f"no-op x{n}"):
+        fanout = noop_fanout(bench, n, sizes.noop_cap_s, interval)
+    with clock(phases, "burst"):
+        burst = trigger_burst(bench, sizes.burst_requests)
+    return {"database": bench.stack.database, "fanout": fanout, "burst": burst, "phase_seconds": phases}
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -422,8 +460,12 @@ def _by_component(fanout: dict) -> str:
     return ", ".join(f"{name} {cpu}" for name, cpu in parts)
 
 
-def figures(section: dict, anchor: dict | None = None, database: dict | None = None) -> list[tuple[str, str]]:
-    """Informative lines for the table: per-size walls, per-task percentiles, CPU by component."""
+def figures(
+    section: dict | None, anchor: dict | None = None, database: dict | None = None
+) -> list[tuple[str, str]]:
+    """Informative lines for the table: per-size walls, per-task percentiles, CPU by component.
+
+    ``section`` is None when only the what-if stack ran (``--only database``)."""
     rows = []
     for label, sec in (("fanout", section), ("plain Airflow", anchor)):
         if not sec:
@@ -453,7 +495,7 @@ def figures(section: dict, anchor: dict | None = None, database: dict | None = N
                 _burst_text(database["burst"]),
             )
         )
-    floor = section.get("pool_map_floor")
+    floor = (section or {}).get("pool_map_floor")
     if floor:
         rows.append((f"Pool.map floor x{floor['n']}", f"{floor['per_task_ms']} ms per task"))
     return rows

@@ -207,6 +207,8 @@ class BenchStack:
     overrides: dict[str, str]
     plain: bool = False
     """The anchor: plain Airflow with the same settings."""
+    stopped_s: float | None = None
+    """How long stopping it took (set when ``bench_stack`` has stopped it)."""
 
     @property
     def logs(self) -> Path:
@@ -301,6 +303,7 @@ def bench_stack(
     )
     monitor = ProcessMonitor()
     began = time.monotonic()
+    bench: BenchStack | None = None
     try:
         client = stack.start()  # inside the try: a component that dies at start leaves the others up
         monitor.start()
@@ -308,7 +311,7 @@ def bench_stack(
             client.wait_for_dags(list(BENCH_DAGS))
         else:
             _prepare(client, stack)
-        yield BenchStack(
+        bench = BenchStack(
             stack,
             client,
             monitor,
@@ -318,10 +321,25 @@ def bench_stack(
             dict(overrides or {}),
             plain,
         )
+        yield bench
     finally:
+        stopping = time.monotonic()
         monitor.stop()
-        stack.stop()
+        if bench is not None:
+            # uvicorn has shut down within a second of SIGTERM; its interpreter then takes 3-9 s to
+            # exit (measured), which nothing here waits for: every result has been read.
+            stack.stop_component("api-server", grace=1)
+        api_stopped = time.monotonic()
+        stack.supervisor.stop()
+        components_stopped = time.monotonic()
+        stack.stop()  # Dask's and the reaper's part: the rest has stopped
         shutil.rmtree(workdir, ignore_errors=True)
+        if bench is not None:
+            bench.stopped_s = time.monotonic() - stopping
+            log_to_stderr(
+                f"   stop: api-server {api_stopped - stopping:.1f} s, other components "
+                f"{components_stopped - api_stopped:.1f} s, reaper {time.monotonic() - components_stopped:.1f} s"
+            )
 
 
 def _prepare(client: AirflowClient, stack: AirflowStack) -> None:
