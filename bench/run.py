@@ -2,11 +2,13 @@
 
 Order matters for noise and time: benchmarks without Airflow first (parse, task start, kernels,
 Dask, the Pool.map floors), then one stack with every core (orchestration, the demo-like pipeline
-for memory, the parallel fan-outs, preprocessing through Dask), one with parallelism 1 (the
-sequential render fan-out; preprocessing is measured against pandas instead), plain Airflow with
-the same settings (the anchor of the orchestration figures), the same stack on the other database
-(SQLite; full mode), and the KubernetesExecutor on the local cluster harness. Only the stack with
-every core runs Dask: the others run no preprocessing.
+for memory, the render and preprocessing fan-outs, then the render fan-out again with its Airflow
+pool at 1 slot: the sequential run), plain Airflow with the same settings (the anchor of the
+orchestration figures), and the KubernetesExecutor on the local cluster harness. Only the stack
+with every core runs Dask: the others run no preprocessing. The same stack on the other database
+(SQLite, the ``database`` group) runs only when asked for with ``--only``.
+
+``phase_seconds`` in the result says where the run's time went (stack starts and stops included).
 """
 
 from __future__ import annotations
@@ -31,11 +33,24 @@ from bench import (
     speedup,
     task_start,
 )
-from bench.common import CPUS, RESULTS_DIR, log_to_stderr, run_section
-from bench.stack import SHIPPED_HEARTBEAT_INTERVAL_S, bench_stack, dag_processor_durations
+from bench.common import CPUS, RESULTS_DIR, clock, log_to_stderr, run_section
+from bench.stack import SHIPPED_HEARTBEAT_INTERVAL_S, BenchStack, bench_stack, dag_processor_durations
+from fanout.settings import settings
 
 # What ``--only`` selects; the stacks start only for the groups that need them.
-GROUPS = ("parse", "task_start", "kernels", "dask", "speedup", "orchestration", "memory", "kubernetes")
+GROUPS = (
+    "parse",
+    "task_start",
+    "kernels",
+    "dask",
+    "speedup",
+    "orchestration",
+    "memory",
+    "kubernetes",
+    "database",
+)
+OPT_IN = ("database",)
+"""Groups a full run leaves out: only ``--only`` runs them (bench/README.md says why)."""
 
 
 def run_all(
@@ -45,7 +60,7 @@ def run_all(
     started = time.monotonic()
 
     def wanted(group: str) -> bool:
-        return only is None or group in only
+        return group in only if only is not None else group not in OPT_IN
 
     results: dict = {
         "schema": 1,
@@ -55,6 +70,7 @@ def run_all(
         "machine": common.machine(),
         "sizes": common.sizes_dict(sizes),
         "sections": {},
+        "phase_seconds": {},
     }
     if only is not None:
         results["only"] = sorted(only)
@@ -73,11 +89,19 @@ def run_all(
 
     fanouts: dict[str, dict] = {name: {} for name in speedup.WORKLOADS} if wanted("speedup") else {}
     failures: list[str] = []
+    phases: dict[str, float] = results["phase_seconds"]
 
     def phase(name: str, fn: Callable[[], None]) -> None:
         section = run_section(name, lambda: fn() or {}, log)
+        phases[name] = section["seconds"]
         if section["status"] != "ok":
             failures.append(f"{name}: {section['reason']}")
+
+    def stack_times(label: str, stack: BenchStack) -> None:
+        phases[f"{label}: start"] = round(stack.started_s, 1)
+        if stack.stopped_s is not None:
+            phases[f"{label}: stop"] = round(stack.stopped_s, 1)
+            log(f"   {label} stopped in {stack.stopped_s:.1f} s")
 
     with tempfile.TemporaryDirectory(prefix="fanout-bench-shared-") as shared:
         artifact_root = Path(shared)
@@ -86,15 +110,21 @@ def run_all(
             phase("dataset", lambda: shards.extend(speedup.prepare_dataset(artifact_root, sizes)))
 
         def pool_floors() -> None:
-            for name in fanouts:
-                fanouts[name]["pool_map"] = speedup.pool_floor(name, artifact_root, sizes, shards, repeats=1)
+            for name, floor in speedup.pool_floors(fanouts, artifact_root, sizes, shards, repeats=1).items():
+                fanouts[name]["pool_map"] = floor
 
         if fanouts:
             phase("pool-map floors", pool_floors)
 
         def all_cores() -> None:
+            # Every task pinned to one thread (what cores // parallelism gives anyway), so that the
+            # render fan-out at 1 pool slot and at every slot differ only in how many run at once.
             with bench_stack(
-                CPUS, sizes.stack_overrides, fanout_params=sizes.demo_params, artifact_root=artifact_root
+                CPUS,
+                sizes.stack_overrides,
+                fanout_params=sizes.demo_params,
+                task_cpus=1,
+                artifact_root=artifact_root,
             ) as stack:
                 log(f"   stack with parallelism {CPUS} up in {stack.started_s:.1f} s")
                 if wanted("orchestration"):
@@ -107,7 +137,12 @@ def run_all(
                     )
                 for name in fanouts:
                     log(f"-- {name} fan-out, parallelism {CPUS}")
-                    fanouts[name]["parallel"] = speedup.airflow_fanout(stack, name, sizes)
+                    with clock(phases, f"{name} fan-out, parallelism {CPUS}"):
+                        fanouts[name]["parallel"] = speedup.airflow_fanout(stack, name, sizes)
+                for name in speedup.AIRFLOW_BASELINE if fanouts else ():
+                    log(f"-- {name} fan-out, one at a time (its Airflow pool at 1 slot)")
+                    with clock(phases, f"{name} fan-out, 1 pool slot"):
+                        fanouts[name]["sequential"] = speedup.sequential_fanout(stack, name, sizes)
                 if wanted("memory"):
                     if not sizes.demo_params:
                         sections["memory"] = {
@@ -120,21 +155,10 @@ def run_all(
                 processor = dag_processor_durations(stack)
                 for entry in (sections.get("parse") or {}).get("files", []):
                     entry["dag_processor_s"] = processor.get(entry["file"])
+            stack_times(f"stack, parallelism {CPUS}", stack)
 
         if fanouts or wanted("orchestration") or wanted("memory"):
             phase(f"stack, parallelism {CPUS}", all_cores)
-
-        def sequential() -> None:
-            with bench_stack(
-                1, sizes.stack_overrides, task_cpus=1, artifact_root=artifact_root, dask=False
-            ) as stack:
-                log(f"   stack with parallelism 1 up in {stack.started_s:.1f} s")
-                for name in speedup.AIRFLOW_BASELINE:
-                    log(f"-- {name} fan-out, parallelism 1")
-                    fanouts[name]["sequential"] = speedup.airflow_fanout(stack, name, sizes)
-
-        if fanouts:
-            phase("stack, parallelism 1", sequential)
 
         orchestration_section = sections.get("orchestration") or {}
         if sizes.anchor and orchestration_section.get("status") == "ok":
@@ -144,14 +168,16 @@ def run_all(
                     CPUS, sizes.stack_overrides, artifact_root=artifact_root, plain=True, dask=False
                 ) as stack:
                     log(f"   plain Airflow with parallelism {CPUS} up in {stack.started_s:.1f} s")
-                    return orchestration.run(stack, sizes, floor=False)
+                    section = orchestration.run(stack, sizes, floor=False)
+                stack_times("plain Airflow", stack)
+                return section
 
             sections["orchestration_anchor"] = run_section(
                 "orchestration, plain Airflow (anchor)", anchor, log
             )
 
-        if sizes.whatif_noop and orchestration_section.get("status") == "ok":
-            shipped = orchestration_section["database"]
+        if wanted("database") and sizes.whatif_noop:
+            shipped = orchestration_section.get("database") or settings().local_database
             other = "sqlite" if shipped == "postgres" else "postgres"
 
             def database() -> dict:
@@ -159,7 +185,9 @@ def run_all(
                     CPUS, sizes.stack_overrides, artifact_root=artifact_root, database=other, dask=False
                 ) as stack:
                     log(f"   stack on {other} up in {stack.started_s:.1f} s")
-                    return orchestration.database_whatif(stack, sizes)
+                    section = orchestration.database_whatif(stack, sizes)
+                stack_times(f"stack on {other}", stack)
+                return section
 
             sections["orchestration_database"] = run_section(f"orchestration on {other}", database, log)
 

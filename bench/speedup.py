@@ -1,7 +1,8 @@
 """Parallel speedup of the product DAGs' fan-outs, through the real scheduler.
 
-``fanout_render`` (ray-traced chunks) runs with parallelism 1 and with every core; every task is
-pinned to one thread in both stacks, so the speedup is the fan-out's alone.
+``fanout_render`` (ray-traced chunks) runs with every core, then one chunk at a time on the same
+stack (its Airflow pool at 1 slot: ``sequential_fanout``); every task is pinned to one thread in
+both runs, so the speedup is the fan-out's alone.
 
 ``fanout_preprocess`` (featurised shards, on a dataset generated beforehand and passed as
 ``dataset_prefix``) runs with every core and the stack's Dask cluster (one single-threaded worker
@@ -22,6 +23,7 @@ import importlib
 import multiprocessing
 import os
 import time
+import urllib.parse
 from pathlib import Path
 
 from bench.common import CPUS, alternate, cpu_snapshot, distribution, median, other_load, ratio, rnd, ts
@@ -82,7 +84,9 @@ AIRFLOW_BASELINE = ("render",)
 
 
 # -- through the scheduler -------------------------------------------------------------------
-def airflow_fanout(bench: BenchStack, workload: str, sizes) -> dict:
+def airflow_fanout(bench: BenchStack, workload: str, sizes, slots: int | None = None) -> dict:
+    """One run of the workload's DAG; ``slots`` is how many mapped tasks could run at once when
+    an Airflow pool, not the stack's parallelism, limits them (``sequential_fanout``)."""
     dag_id, task_id, conf = WORKLOADS[workload]
     run = bench.run_dag(dag_id, conf(sizes))
     tis = run["task_instances"]
@@ -95,7 +99,10 @@ def airflow_fanout(bench: BenchStack, workload: str, sizes) -> dict:
     interval = heartbeat_interval(bench)
     origin = min((ts(t["queued_when"]) for t in tis if t["queued_when"]), default=0.0)
     return {
-        "parallelism": bench.parallelism,
+        "parallelism": slots or bench.parallelism,
+        "stack_parallelism": bench.parallelism,
+        "most_at_once": most_at_once(zip(starts, ends, strict=True)),
+        "pools": sorted({t.get("pool") for t in mapped if t.get("pool")}),
         "tasks": len(mapped),
         "run_wall_s": rnd(run["wall_s"]),
         "fanout_wall_s": rnd(fanout_wall),
@@ -124,6 +131,44 @@ def airflow_fanout(bench: BenchStack, workload: str, sizes) -> dict:
             if t["queued_when"] and t["start_date"] and t["end_date"]
         ),
     }
+
+
+def most_at_once(intervals) -> int:
+    """The most (start, end) intervals that overlap at any instant."""
+    # At the same instant an end (-1) sorts before a start: a task that starts as another ends is next.
+    events = sorted(e for start, end in intervals for e in ((start, 1), (end, -1)))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def sequential_fanout(bench: BenchStack, workload: str, sizes) -> dict:
+    """The fan-out with one mapped task at a time, on the same stack as the parallel run.
+
+    The render chunks run in the GPU Airflow pool (``fanout.pools``; the local stack gives it one
+    slot per executor slot), so that pool at 1 slot runs them one after another, with the same
+    settings, threads per task (``FANOUT_TASK_CPUS=1``) and idle Dask as the parallel run. The
+    run must show it: its chunks in that pool, never two at once.
+    """
+    from fanout.settings import settings
+
+    name = settings(bench.stack.env()).gpu_airflow_pool
+    quoted = urllib.parse.quote(name, safe="")
+    before = bench.client.get(f"/pools/{quoted}")
+    bench.client.set_pool(name, 1, before.get("description") or "")
+    try:
+        result = airflow_fanout(bench, workload, sizes, slots=1)
+    finally:
+        bench.client.set_pool(name, before["slots"], before.get("description") or "")
+    if result["pools"] != [name] or result["most_at_once"] != 1:
+        raise RuntimeError(
+            f"{workload}: the sequential run's mapped tasks ran in pools {result['pools']}, up to "
+            f"{result['most_at_once']} at once; one at a time in {name!r} was asked for "
+            "(FANOUT_RENDER_POOL=cpu takes the render chunks out of it)"
+        )
+    return result
 
 
 def compare(sequential: dict, parallel: dict, pool: dict) -> dict:
@@ -224,31 +269,41 @@ def pool_jobs(workload: str, artifact_root: Path, sizes, shards: list[str], tag:
     return _preprocess_work, [(root, raw, f"pool/{tag}/{Path(raw).stem}/features.parquet") for raw in shards]
 
 
-def pool_floor(workload: str, artifact_root: Path, sizes, shards: list[str], repeats: int) -> dict:
-    """Pool.map with 1 process and with every core, alternated ``repeats`` times."""
+def pool_floors(workloads, artifact_root: Path, sizes, shards: list[str], repeats: int) -> dict[str, dict]:
+    """Per workload, Pool.map with 1 process and with every core, alternated ``repeats`` times.
+
+    The pools start once for every workload: their start-up is not what is measured.
+    """
     # spawn, not fork: the parent has torch and its thread pools loaded by now.
     context = multiprocessing.get_context("spawn")
     pools = {n: context.Pool(n, initializer=_init_pool_worker) for n in (1, CPUS)}
     try:
         for n, pool in pools.items():
             pool.map(_warm, range(4 * n), chunksize=1)
-        counter = iter(range(1_000_000))
-
-        def mapper(n: int):
-            def go() -> None:
-                fn, jobs = pool_jobs(
-                    workload, artifact_root, sizes, shards, f"{workload}-p{n}-{next(counter)}"
-                )
-                pools[n].map(fn, jobs, chunksize=1)
-
-            return go
-
-        before = cpu_snapshot()
-        times = alternate(repeats, sequential=mapper(1), parallel=mapper(CPUS))
-        load = other_load(before, cpu_snapshot())
+        return {
+            workload: _pool_floor(pools, workload, artifact_root, sizes, shards, repeats)
+            for workload in workloads
+        }
     finally:
         for pool in pools.values():
             pool.terminate()
+
+
+def _pool_floor(
+    pools: dict, workload: str, artifact_root: Path, sizes, shards: list[str], repeats: int
+) -> dict:
+    counter = iter(range(1_000_000))
+
+    def mapper(n: int):
+        def go() -> None:
+            fn, jobs = pool_jobs(workload, artifact_root, sizes, shards, f"{workload}-p{n}-{next(counter)}")
+            pools[n].map(fn, jobs, chunksize=1)
+
+        return go
+
+    before = cpu_snapshot()
+    times = alternate(repeats, sequential=mapper(1), parallel=mapper(CPUS))
+    load = other_load(before, cpu_snapshot())
     sequential, parallel = median(times["sequential"]), median(times["parallel"])
     speedup = ratio(sequential, parallel)
     return {

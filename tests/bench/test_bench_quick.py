@@ -92,3 +92,23 @@ def test_the_table_is_printed(quick_run):
     _, stdout = quick_run
     assert "| Benchmark | Figure | Measured | Target | Status |" in stdout
     assert "| Benchmark | Figure | Value |" in stdout
+
+
+def test_the_sequential_render_ran_one_chunk_at_a_time_on_the_parallel_runs_stack(quick_run):
+    result, _ = quick_run
+    render = result["sections"]["speedup"]["render"]
+    sequential, parallel = render["sequential"], render["parallel"]
+    assert sequential["parallelism"] == 1 and sequential["most_at_once"] == 1
+    assert sequential["stack_parallelism"] == parallel["parallelism"] == result["machine"]["cpus"]
+    assert sequential["pools"] == parallel["pools"] and len(sequential["pools"]) == 1
+    assert sequential["tasks"] == parallel["tasks"] == result["sizes"]["render_chunks"]
+
+
+def test_a_run_without_only_leaves_the_database_what_if_out_and_says_where_its_time_went(quick_run):
+    result, _ = quick_run
+    assert "orchestration_database" not in result["sections"]
+    phases = result["phase_seconds"]
+    for label in (f"stack, parallelism {result['machine']['cpus']}", "plain Airflow"):
+        assert phases[f"{label}: start"] > 0 and phases[f"{label}: stop"] >= 0, phases
+    assert "render fan-out, 1 pool slot" in phases
+    assert set(result["sections"]["orchestration"]["phase_seconds"]) >= {"single task", "burst"}
