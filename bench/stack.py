@@ -367,14 +367,19 @@ def worker_hold_times(bench: BenchStack, ti_ids: set[str]) -> list[float]:
     LocalExecutor workers log to the scheduler's output, so the scheduler log has one line per
     task: from the supervisor's start to its end, i.e. process start, the task, and teardown.
     """
+    return list(worker_hold_by_task(bench, ti_ids).values())
+
+
+def worker_hold_by_task(bench: BenchStack, ti_ids: set[str]) -> dict[str, float]:
+    """``worker_hold_times`` by task instance id."""
     path = bench.logs / "scheduler.log"
     if not path.exists():
-        return []
-    held = []
-    for match in _WORKLOAD_FINISHED.finditer(path.read_text(errors="replace")):
-        if match[2] in ti_ids:
-            held.append(float(match[1]))
-    return held
+        return {}
+    return {
+        match[2]: float(match[1])
+        for match in _WORKLOAD_FINISHED.finditer(path.read_text(errors="replace"))
+        if match[2] in ti_ids
+    }
 
 
 def dag_processor_durations(bench: BenchStack) -> dict[str, float]:
