@@ -7,8 +7,10 @@ process of the stack, and waits for the signal.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -16,11 +18,16 @@ from fanout.localstack import AirflowError
 from tests.e2e.test_local_pipeline import _process_of
 
 READY = "FANOUT_INTERRUPT_READY"
+STACKS = "stacks.txt"
 # Heavy enough that the chunk is still running when the signal arrives.
 CONF = {"n_frames": 2, "chunk_size": 1, "width": 320, "height": 180, "samples": 64}
 
 
 def test_waits_with_a_task_running_until_interrupted(airflow):
+    # The outer test asks for every thread's stack (SIGUSR1) if this session does not end in time;
+    # they go beside the ready file (pytest captures this session's stderr).
+    dump = Path(os.environ[READY]).with_name(STACKS).open("w")  # open until the session ends
+    faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
     stack, client = airflow
     client.unpause("fanout_render")
     run_id = client.trigger("fanout_render", CONF)
